@@ -1,0 +1,145 @@
+// difflsq — CGLS (CGNR) [HS52; Björck 1996, §7.4.1].
+//
+// Conjugate gradients on the damped normal equations (AᴴA + damp² I) Δx = Aᴴ r0, Δx = x − x0,
+// written so that AᴴA is never formed:
+//
+//     r = b − A x0,  s = Aᴴ r,  p = s,  γ = ‖s‖²
+//     repeat:  q = A p,  δ = ‖q‖² + damp²‖p‖²,  α = γ/δ,
+//              Δx += α p,  r −= α q,  s = Aᴴ r − damp² Δx,  γ⁺ = ‖s‖²,  p = s + (γ⁺/γ) p.
+//
+// In exact arithmetic the iterates equal LSQR's; LSQR is the more stable on ill-conditioned
+// problems, CGLS is the simplest and a little cheaper per iteration.
+//
+// Per iteration: one A·p, one Aᴴ·r, 3 squared norms, 3 vector updates of length n and 1 of m.
+// ‖r‖ and ‖s‖ are the recursively updated quantities. ‖Ā‖ is estimated by the largest
+// ‖A p‖/‖p‖ seen (a lower bound on ‖A‖₂, combined with damp); cond(Ā) is not estimated, so the
+// conlim tests (status 3 and 6) never fire for CGLS. The other tests are SciPy's LSQR tests.
+//
+// [HS52] M. R. Hestenes and E. Stiefel, Methods of conjugate gradients for solving linear
+//        systems, J. Res. Nat. Bur. Standards 49, 409–436, 1952.
+#pragma once
+
+#include <algorithm>
+
+#include "workspace.hpp"
+
+namespace difflsq {
+namespace detail {
+
+struct CglsMethod {
+  static constexpr bool kEstimatesR1 = true;
+  static Index default_max_iterations(Index /*m*/, Index n) { return 2 * n; }
+
+  template <LinearOperator Op>
+  static void run(const Op& op, Workspace<typename Op::Scalar>& ws,
+                  const LoopParams<typename Op::Scalar>& p, Report<RealOf<typename Op::Scalar>>& rep) {
+    using Scalar = typename Op::Scalar;
+    using Real = RealOf<Scalar>;
+    auto& r = ws.u;    // residual b − A x (length m)
+    auto& q = ws.wm;   // A p (length m)
+    auto& s = ws.v;    // Aᴴ r − damp² Δx (length n)
+    auto& pdir = ws.w1;  // search direction (length n)
+    auto& dx = ws.w2;  // Δx = x − x0 in preconditioned coordinates (length n)
+    const Real dampsq = p.damp * p.damp;
+
+    op.apply_adjoint(r, s);
+    ++rep.rmatvecs;
+    dx.setZero();
+    Real rnorm = norm2(r);
+    Real gamma = s.squaredNorm();
+    rep.r1norm = rep.r2norm = rnorm;
+    rep.arnorm = std::sqrt(gamma);
+    if (!std::isfinite(gamma)) {
+      rep.status = Status::NonFinite;
+      return;
+    }
+    if (rep.arnorm == 0 || rnorm == 0) {
+      rep.status = Status::ExactSolution;
+      return;
+    }
+    pdir = s;
+    Real anorm = 0, dxnorm2 = 0;
+
+    Index itn = 0;
+    while (itn < p.max_iterations) {
+      ++itn;
+      op.apply(pdir, q);
+      ++rep.matvecs;
+      const Real qq = q.squaredNorm(), pp = pdir.squaredNorm();
+      const Real delta = qq + dampsq * pp;
+      const Real alpha = gamma / delta;
+      if (!std::isfinite(alpha) || !std::isfinite(delta)) {
+        rep.status = Status::NonFinite;
+        --itn;
+        break;
+      }
+      if (delta == 0) {  // A p = 0 and damp = 0: s ⟂ range(Aᴴ) cannot happen unless s = 0
+        rep.status = Status::ExactSolution;
+        break;
+      }
+      anorm = std::max(anorm, std::sqrt(qq / pp));
+      add_to_x(ws.x, alpha, pdir, p.scaling);
+      dx += alpha * pdir;
+      r -= alpha * q;
+      op.apply_adjoint(r, s);  // s = Aᴴ r − damp² Δx
+      ++rep.rmatvecs;
+      if (dampsq > 0) s -= dampsq * dx;
+      const Real gamma_new = s.squaredNorm();
+      if (!std::isfinite(gamma_new)) {
+        // Undo the step: x and Δx go back to the last finite iterate.
+        add_to_x(ws.x, -alpha, pdir, p.scaling);
+        rep.status = Status::NonFinite;
+        --itn;
+        break;
+      }
+      pdir = s + (gamma_new / gamma) * pdir;
+      gamma = gamma_new;
+
+      rnorm = norm2(r);
+      dxnorm2 = dx.squaredNorm();
+      const Real xnorm = norm2(ws.x);
+      rep.r1norm = rnorm;
+      rep.r2norm = std::sqrt(rnorm * rnorm + dampsq * dxnorm2);
+      rep.arnorm = std::sqrt(gamma);
+      rep.anorm = std::sqrt(anorm * anorm + dampsq);
+      rep.acond = 0;
+      rep.xnorm = xnorm;
+      rep.iterations = itn;
+
+      const Real test1 = rep.r2norm / p.bnorm;
+      const Real test2 = rep.arnorm / (rep.anorm * rep.r2norm + std::numeric_limits<Real>::epsilon());
+      // No cond(A) estimate: test3 = 1 with ctol = 0 never fires.
+      rep.status = stopping_test(itn, p.max_iterations, test1, test2, Real(1), rep.anorm, xnorm,
+                                 p.bnorm, p.atol, p.btol, Real(0));
+      if (monitor_says_stop(p, IterationInfo<Scalar>{itn, ws.x, rep.r1norm, rep.r2norm,
+                                                       rep.arnorm, rep.anorm, Real(0), xnorm}) &&
+          rep.status == Status::ExactSolution) {
+        rep.status = Status::StoppedByMonitor;
+        break;
+      }
+      if (rep.status != Status::ExactSolution) break;
+    }
+    rep.iterations = itn;
+  }
+};
+
+}  // namespace detail
+
+/// CGLS on A in a reusable workspace; the solution is left in ws.x.
+template <OperatorLike A>
+Report<RealOf<ScalarOf<A>>> cgls(Workspace<ScalarOf<A>>& ws, const A& a,
+                                 Eigen::Ref<const Vector<ScalarOf<A>>> b,
+                                 const Options<ScalarOf<A>>& opts = {}) {
+  return detail::solve<detail::CglsMethod>(ws, as_operator(a), b, opts);
+}
+
+/// CGLS on A: returns x with the report. See the file comment for the method.
+template <OperatorLike A>
+Result<ScalarOf<A>> cgls(const A& a, Eigen::Ref<const Vector<ScalarOf<A>>> b,
+                         const Options<ScalarOf<A>>& opts = {}) {
+  Workspace<ScalarOf<A>> ws;
+  auto report = cgls(ws, a, b, opts);
+  return detail::to_result(report, ws);
+}
+
+}  // namespace difflsq

@@ -1,0 +1,76 @@
+// difflsq — the Golub–Kahan bidiagonalization step shared by LSQR and LSMR [PS82, §3]:
+//
+//     β₁u₁ = r0,  α₁v₁ = Aᴴu₁,   β_{k+1}u_{k+1} = A v_k − α_k u_k,   α_{k+1}v_{k+1} = Aᴴu_{k+1} − β_{k+1}v_k.
+//
+// A non-finite α or β (the operator produced Inf/NaN) clears `finite`; the caller stops with
+// Status::NonFinite before touching x.
+#pragma once
+
+#include <cmath>
+
+#include "../options.hpp"
+#include "kernels.hpp"
+
+namespace difflsq {
+template <class Scalar>
+struct Workspace;
+
+namespace detail {
+
+template <LinearOperator Op>
+struct GolubKahan {
+  using Scalar = typename Op::Scalar;
+  using Real = RealOf<Scalar>;
+
+  GolubKahan(const Op& a, Workspace<Scalar>& w, Report<Real>& r) : op(a), ws(w), rep(r) {}
+
+  /// u holds r0 on entry. Sets beta, alpha, u₁, v₁ (v₁ = 0 when β₁ = 0).
+  void start() {
+    beta = check(norm2(ws.u));
+    if (!finite) return;
+    if (beta > 0) {
+      ws.u *= Scalar(1 / beta);
+      op.apply_adjoint(ws.u, ws.v);
+      ++rep.rmatvecs;
+      alpha = check(norm2(ws.v));
+    } else {
+      ws.v.setZero();
+      alpha = 0;
+    }
+    if (alpha > 0) ws.v *= Scalar(1 / alpha);
+  }
+
+  /// β u ← A v − α u; returns β.
+  Real step_u(Real alpha_k) {
+    apply_minus_scaled(op, ws.v, ws.u, alpha_k, ws.tmp_m);
+    ++rep.matvecs;
+    const Real b = check(norm2(ws.u));
+    if (b > 0) ws.u *= Scalar(1 / b);
+    return b;
+  }
+
+  /// α v ← Aᴴ u − β v; returns α.
+  Real step_v(Real beta_k) {
+    apply_adjoint_minus_scaled(op, ws.u, ws.v, beta_k, ws.tmp_n);
+    ++rep.rmatvecs;
+    const Real a = check(norm2(ws.v));
+    if (a > 0) ws.v *= Scalar(1 / a);
+    return a;
+  }
+
+  const Op& op;
+  Workspace<Scalar>& ws;
+  Report<Real>& rep;
+  Real alpha = 0, beta = 0;
+  bool finite = true;
+
+ private:
+  Real check(Real value) {
+    if (std::isfinite(value)) return value;
+    finite = false;
+    return 0;
+  }
+};
+
+}  // namespace detail
+}  // namespace difflsq

@@ -1,0 +1,180 @@
+// difflsq — LSMR [FS11].
+//
+// Solves  min ‖A x − b‖² + damp²‖x − x0‖²  with the same Golub–Kahan process as LSQR, but
+// chooses x_k to minimize ‖Aᴴr_k − damp²(x_k − x0)‖ over the Krylov space: MINRES on the normal
+// equations. ‖Aᴴr_k‖ decreases monotonically, so LSMR can stop earlier than LSQR on
+// least-squares (incompatible) problems at the same atol.
+//
+// Per iteration: one A·v, one Aᴴ·u, 3 norms (one of x), 3 vector updates of length n and 1 of
+// length m. Estimates and stopping rules follow [FS11 §3–4] as SciPy's lsmr.py implements them,
+// so `status` equals SciPy's istop.
+//
+// [FS11] D. C.-L. Fong and M. A. Saunders, LSMR: An iterative algorithm for sparse
+//        least-squares problems, SIAM J. Sci. Comput. 33(5), 2950–2971, 2011.
+#pragma once
+
+#include <algorithm>
+
+#include "detail/golub_kahan.hpp"
+#include "workspace.hpp"
+
+namespace difflsq {
+namespace detail {
+
+struct LsmrMethod {
+  static constexpr bool kEstimatesR1 = false;
+  static Index default_max_iterations(Index m, Index n) { return std::min(m, n); }
+
+  template <LinearOperator Op>
+  static void run(const Op& op, Workspace<typename Op::Scalar>& ws,
+                  const LoopParams<typename Op::Scalar>& p, Report<RealOf<typename Op::Scalar>>& rep) {
+    using Scalar = typename Op::Scalar;
+    using Real = RealOf<Scalar>;
+    auto& v = ws.v;
+    auto& h = ws.w1;
+    auto& hbar = ws.w2;
+
+    GolubKahan<Op> gk(op, ws, rep);
+    gk.start();
+    if (!gk.finite) {
+      rep.status = Status::NonFinite;
+      return;
+    }
+    Real alpha = gk.alpha, beta = gk.beta;
+
+    // Initial values [FS11, §2.6 / SciPy].
+    Real zetabar = alpha * beta, alphabar = alpha, rho = 1, rhobar = 1, cbar = 1, sbar = 0;
+    h = v;
+    hbar.setZero();
+    Real betadd = beta, betad = 0, rhodold = 1, tautildeold = 0, thetatilde = 0, zeta = 0, d = 0;
+    Real normA2 = alpha * alpha, maxrbar = 0, minrbar = Real(1e100);
+    if constexpr (std::is_same_v<Real, float>) minrbar = std::numeric_limits<float>::max();
+    rep.anorm = std::sqrt(normA2);
+    rep.acond = 1;
+    rep.xnorm = 0;
+    rep.r1norm = rep.r2norm = beta;
+    rep.arnorm = alpha * beta;
+    if (rep.arnorm == 0) {
+      rep.status = Status::ExactSolution;
+      return;
+    }
+    const Real damp = p.damp;
+
+    Index itn = 0;
+    while (itn < p.max_iterations) {
+      ++itn;
+      // Bidiagonalization [FS11, §2.1].
+      beta = gk.step_u(alpha);
+      if (beta > 0) alpha = gk.step_v(beta);
+      if (!gk.finite) {
+        rep.status = Status::NonFinite;  // x still holds the previous, finite iterate
+        --itn;
+        break;
+      }
+
+      // Rotation P̂_k eliminating damp [FS11, §2.6]: (ᾱ_k, damp) → α̂_k.
+      const auto rhat = sym_ortho(alphabar, damp);
+      const Real chat = rhat.c, shat = rhat.s, alphahat = rhat.r;
+
+      // Rotation P_k: (α̂_k, β_{k+1}) → ρ_k [FS11, (3.1)].
+      const Real rhoold = rho;
+      const auto r1 = sym_ortho(alphahat, beta);
+      const Real c = r1.c, s = r1.s;
+      rho = r1.r;
+      const Real thetanew = s * alpha;
+      alphabar = c * alpha;
+
+      // Rotation P̄_k: (c̄ ρ_k, θ_{k+1}) → ρ̄_k [FS11, (3.2)].
+      const Real rhobarold = rhobar, zetaold = zeta;
+      const Real thetabar = sbar * rho, rhotemp = cbar * rho;
+      const auto r2 = sym_ortho(cbar * rho, thetanew);
+      cbar = r2.c;
+      sbar = r2.s;
+      rhobar = r2.r;
+      zeta = cbar * zetabar;
+      zetabar = -sbar * zetabar;
+
+      // h̄, x, h updates [FS11, (3.3)].
+      const Real hbar_coef = -(thetabar * rho / (rhoold * rhobarold));
+      const Real x_coef = zeta / (rho * rhobar);
+      const Real h_coef = -(thetanew / rho);
+      if (!std::isfinite(hbar_coef) || !std::isfinite(x_coef) || !std::isfinite(h_coef)) {
+        rep.status = Status::NonFinite;
+        --itn;
+        break;
+      }
+      hbar = h + hbar_coef * hbar;
+      add_to_x(ws.x, x_coef, hbar, p.scaling);
+      h = v + h_coef * h;
+
+      // Estimate of ‖r_k‖ [FS11, §3.4]: apply P̂_k, P_k to (β̈, 0), then P̃_{k−1}.
+      const Real betaacute = chat * betadd, betacheck = -shat * betadd;
+      const Real betahat = c * betaacute;
+      betadd = -s * betaacute;
+      const Real thetatildeold = thetatilde;
+      const auto rt = sym_ortho(rhodold, thetabar);
+      const Real ctildeold = rt.c, stildeold = rt.s, rhotildeold = rt.r;
+      thetatilde = stildeold * rhobar;
+      rhodold = ctildeold * rhobar;
+      betad = -stildeold * betad + ctildeold * betahat;
+      tautildeold = (zetaold - thetatildeold * tautildeold) / rhotildeold;
+      const Real taud = (zeta - thetatilde * tautildeold) / rhodold;
+      d += betacheck * betacheck;
+      const Real normr = std::sqrt(d + (betad - taud) * (betad - taud) + betadd * betadd);
+
+      // ‖A‖ estimate (Frobenius norm of the bidiagonal) and cond(A) [FS11, §3.5].
+      normA2 += beta * beta;
+      const Real normA = std::sqrt(normA2);
+      normA2 += alpha * alpha;
+      maxrbar = std::max(maxrbar, rhobarold);
+      if (itn > 1) minrbar = std::min(minrbar, rhobarold);
+      const Real condA = std::max(maxrbar, rhotemp) / std::min(minrbar, rhotemp);
+
+      const Real normar = std::abs(zetabar);
+      const Real normx = norm2(ws.x);
+      rep.r2norm = normr;
+      rep.r1norm = normr;  // corrected for damping below when it matters
+      rep.arnorm = normar;
+      rep.anorm = normA;
+      rep.acond = condA;
+      rep.xnorm = normx;
+      rep.iterations = itn;
+
+      const Real test1 = normr / p.bnorm;
+      const Real test2 = (normA * normr) != 0 ? normar / (normA * normr)
+                                                : std::numeric_limits<Real>::infinity();
+      const Real test3 = 1 / condA;
+      rep.status = stopping_test(itn, p.max_iterations, test1, test2, test3, normA, normx,
+                                 p.bnorm, p.atol, p.btol, p.ctol);
+      if (monitor_says_stop(p, IterationInfo<Scalar>{itn, ws.x, normr, normr, normar, normA,
+                                                       condA, normx}) &&
+          rep.status == Status::ExactSolution) {
+        rep.status = Status::StoppedByMonitor;
+        break;
+      }
+      if (rep.status != Status::ExactSolution) break;
+    }
+    rep.iterations = itn;
+  }
+};
+
+}  // namespace detail
+
+/// LSMR on A in a reusable workspace; the solution is left in ws.x.
+template <OperatorLike A>
+Report<RealOf<ScalarOf<A>>> lsmr(Workspace<ScalarOf<A>>& ws, const A& a,
+                                 Eigen::Ref<const Vector<ScalarOf<A>>> b,
+                                 const Options<ScalarOf<A>>& opts = {}) {
+  return detail::solve<detail::LsmrMethod>(ws, as_operator(a), b, opts);
+}
+
+/// LSMR on A: returns x with the report. See the file comment for the method.
+template <OperatorLike A>
+Result<ScalarOf<A>> lsmr(const A& a, Eigen::Ref<const Vector<ScalarOf<A>>> b,
+                         const Options<ScalarOf<A>>& opts = {}) {
+  Workspace<ScalarOf<A>> ws;
+  auto report = lsmr(ws, a, b, opts);
+  return detail::to_result(report, ws);
+}
+
+}  // namespace difflsq

@@ -1,0 +1,169 @@
+// difflsq — LSQR [PS82].
+//
+// Solves  min ‖A x − b‖² + damp²‖x − x0‖²  by Golub–Kahan bidiagonalization of A started at
+// r0 = b − A x0 and a QR factorization of the (damped) bidiagonal, updated by Givens rotations.
+// Mathematically equivalent to CG on the normal equations (Aᴴ A + damp² I) Δx = Aᴴ r0; the
+// residual ‖r_k‖ decreases monotonically.
+//
+// Per iteration: one A·v, one Aᴴ·u, 2 norms, 3 vector updates of length n and 1 of length m.
+// Stopping rules and estimates (r1norm, r2norm, anorm, acond, arnorm, xnorm) follow [PS82 §5–6]
+// exactly as SciPy's lsqr.py does, so `status` equals SciPy's istop.
+//
+// [PS82] C. C. Paige and M. A. Saunders, LSQR: An algorithm for sparse linear equations and
+//        sparse least squares, ACM TOMS 8(1), 43–71, 1982.
+#pragma once
+
+#include "detail/golub_kahan.hpp"
+#include "workspace.hpp"
+
+namespace difflsq {
+namespace detail {
+
+struct LsqrMethod {
+  static constexpr bool kEstimatesR1 = true;
+  static Index default_max_iterations(Index /*m*/, Index n) { return 2 * n; }
+
+  template <LinearOperator Op>
+  static void run(const Op& op, Workspace<typename Op::Scalar>& ws,
+                  const LoopParams<typename Op::Scalar>& p, Report<RealOf<typename Op::Scalar>>& rep) {
+    using Scalar = typename Op::Scalar;
+    using Real = RealOf<Scalar>;
+    constexpr Real eps = std::numeric_limits<Real>::epsilon();
+    auto& v = ws.v;
+    auto& w = ws.w1;
+
+    // Start: β₁u₁ = r0, α₁v₁ = Aᴴu₁ [PS82, (3.3)].
+    GolubKahan<Op> gk(op, ws, rep);
+    gk.start();
+    if (!gk.finite) {
+      rep.status = Status::NonFinite;
+      return;
+    }
+    Real alpha = gk.alpha, beta = gk.beta;
+    w = v;
+    const Real dampsq = p.damp * p.damp;
+    Real rhobar = alpha, phibar = beta;                  // [PS82, (4.12)] initial values
+    Real anorm = 0, acond = 0, ddnorm = 0, res2 = 0, xnorm = 0, xxnorm = 0, z = 0;
+    Real cs2 = -1, sn2 = 0;
+    Real rnorm = beta;
+    rep.r1norm = rep.r2norm = rnorm;
+    rep.arnorm = alpha * beta;
+    if (rep.arnorm == 0) {
+      rep.status = Status::ExactSolution;
+      return;
+    }
+
+    Index itn = 0;
+    while (itn < p.max_iterations) {
+      ++itn;
+      // Bidiagonalization step [PS82, (3.4)]: βu = A v − αu, then αv = Aᴴu − βv.
+      beta = gk.step_u(alpha);
+      if (beta > 0) {
+        anorm = std::sqrt(anorm * anorm + alpha * alpha + beta * beta + dampsq);
+        alpha = gk.step_v(beta);
+      }
+      if (!gk.finite) {
+        rep.status = Status::NonFinite;  // x still holds the previous, finite iterate
+        --itn;
+        break;
+      }
+      // Eliminate the damping parameter [PS82, §4.4 / SciPy]: rotate (ρ̄, damp) → ρ̄₁.
+      Real rhobar1 = rhobar, psi = 0;
+      if (p.damp > 0) {
+        rhobar1 = std::sqrt(rhobar * rhobar + dampsq);
+        const Real cs1 = rhobar / rhobar1, sn1 = p.damp / rhobar1;
+        psi = sn1 * phibar;
+        phibar = cs1 * phibar;
+      }
+      // Plane rotation eliminating β from the bidiagonal [PS82, (4.6)–(4.8)].
+      const auto rot = sym_ortho(rhobar1, beta);
+      const Real cs = rot.c, sn = rot.s, rho = rot.r;
+      const Real theta = sn * alpha;
+      rhobar = -cs * alpha;
+      const Real phi = cs * phibar;
+      phibar = sn * phibar;
+      const Real tau = sn * phi;
+
+      // x += (φ/ρ) w,  w = v − (θ/ρ) w  [PS82, (4.12)].
+      const Real t1 = phi / rho, t2 = -theta / rho;
+      if (!std::isfinite(t1) || !std::isfinite(t2)) {
+        rep.status = Status::NonFinite;
+        --itn;
+        break;
+      }
+      ddnorm += w.squaredNorm() / (rho * rho);  // ‖d_k‖², d_k = w/ρ, for cond(Ā) [PS82, §5.3]
+      if (p.calc_var) {  // var += |D d_k|², diag((ĀᴴĀ)⁻¹) estimate [PS82, §5.4]
+        if (p.scaling)
+          ws.var += (p.scaling->cwiseProduct(w.cwiseAbs()) / rho).cwiseAbs2();
+        else
+          ws.var += (w.cwiseAbs() / rho).cwiseAbs2();
+      }
+      add_to_x(ws.x, t1, w, p.scaling);
+      w = v + t2 * w;
+
+      // ‖x‖ estimate via a second rotation on the lower bidiagonal [PS82, §5.2].
+      const Real delta = sn2 * rho, gambar = -cs2 * rho;
+      const Real rhs = phi - delta * z;
+      const Real zbar = rhs / gambar;
+      xnorm = std::sqrt(xxnorm + zbar * zbar);
+      const Real gamma = std::sqrt(gambar * gambar + theta * theta);
+      cs2 = gambar / gamma;
+      sn2 = theta / gamma;
+      z = rhs / gamma;
+      xxnorm += z * z;
+
+      // Norm estimates [PS82, §5.1–5.3].
+      acond = anorm * std::sqrt(ddnorm);
+      res2 += psi * psi;
+      rnorm = std::sqrt(phibar * phibar + res2);
+      rep.arnorm = alpha * std::abs(tau);
+      if (p.damp > 0) {
+        const Real r1sq = rnorm * rnorm - dampsq * xxnorm;
+        rep.r1norm = std::copysign(std::sqrt(std::abs(r1sq)), r1sq);  // SciPy's signed r1norm
+      } else {
+        rep.r1norm = rnorm;
+      }
+      rep.r2norm = rnorm;
+      rep.anorm = anorm;
+      rep.acond = acond;
+      rep.xnorm = xnorm;
+      rep.iterations = itn;
+
+      const Real test1 = rnorm / p.bnorm;
+      const Real test2 = rep.arnorm / (anorm * rnorm + eps);
+      const Real test3 = 1 / (acond + eps);
+      rep.status = stopping_test(itn, p.max_iterations, test1, test2, test3, anorm, xnorm,
+                                 p.bnorm, p.atol, p.btol, p.ctol);
+      if (monitor_says_stop(p, IterationInfo<Scalar>{itn, ws.x, rep.r1norm, rep.r2norm,
+                                                       rep.arnorm, anorm, acond, xnorm}) &&
+          rep.status == Status::ExactSolution) {
+        rep.status = Status::StoppedByMonitor;
+        break;
+      }
+      if (rep.status != Status::ExactSolution) break;
+    }
+    rep.iterations = itn;
+  }
+};
+
+}  // namespace detail
+
+/// LSQR on A (a LinearOperator or an Eigen dense/sparse matrix) in a reusable workspace; the
+/// solution is left in ws.x. Allocates nothing when ws already has the right sizes.
+template <OperatorLike A>
+Report<RealOf<ScalarOf<A>>> lsqr(Workspace<ScalarOf<A>>& ws, const A& a,
+                                 Eigen::Ref<const Vector<ScalarOf<A>>> b,
+                                 const Options<ScalarOf<A>>& opts = {}) {
+  return detail::solve<detail::LsqrMethod>(ws, as_operator(a), b, opts);
+}
+
+/// LSQR on A: returns x with the report. See the file comment for the method.
+template <OperatorLike A>
+Result<ScalarOf<A>> lsqr(const A& a, Eigen::Ref<const Vector<ScalarOf<A>>> b,
+                         const Options<ScalarOf<A>>& opts = {}) {
+  Workspace<ScalarOf<A>> ws;
+  auto report = lsqr(ws, a, b, opts);
+  return detail::to_result(report, ws);
+}
+
+}  // namespace difflsq

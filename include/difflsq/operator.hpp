@@ -1,0 +1,244 @@
+// difflsq — linear operators.
+//
+// A linear operator is anything with
+//
+//     using Scalar = ...;
+//     Index rows() const;  Index cols() const;
+//     void apply(Eigen::Ref<const Vector<Scalar>> x, Eigen::Ref<Vector<Scalar>> y) const;          // y = A x
+//     void apply_adjoint(Eigen::Ref<const Vector<Scalar>> u, Eigen::Ref<Vector<Scalar>> v) const;  // v = Aᴴ u
+//
+// Outputs are pre-sized by the caller and overwritten. Operators may additionally offer
+// `apply_add(x, y)` (y += A x) and `apply_adjoint_add(u, v)` (v += Aᴴ u), which the solvers use
+// to save a pass over memory; the Eigen adapters do.
+//
+// Adapters: Eigen dense matrices and expressions that evaluate to one (any storage order),
+// Eigen sparse matrices (row- and column-major), callbacks (make_operator), and the adjoint view.
+// The adapters keep a reference to the matrix: it must outlive the operator.
+#pragma once
+
+#include <Eigen/Core>
+#include <Eigen/SparseCore>
+#include <complex>
+#include <concepts>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "options.hpp"
+
+namespace difflsq {
+
+template <class Op>
+concept LinearOperator = requires(const Op& op, Eigen::Ref<const Vector<typename Op::Scalar>> in,
+                                  Eigen::Ref<Vector<typename Op::Scalar>> out) {
+  typename Op::Scalar;
+  { op.rows() } -> std::convertible_to<Index>;
+  { op.cols() } -> std::convertible_to<Index>;
+  op.apply(in, out);
+  op.apply_adjoint(in, out);
+};
+
+// --- Eigen matrices -------------------------------------------------------------------------
+
+/// Dense matrix adapter (row- or column-major, or a Map/Block of one).
+template <class Matrix>
+class DenseOperator {
+ public:
+  using Scalar = typename Matrix::Scalar;
+  explicit DenseOperator(const Matrix& a) : a_(&a) {}
+  Index rows() const { return a_->rows(); }
+  Index cols() const { return a_->cols(); }
+  void apply(Eigen::Ref<const Vector<Scalar>> x, Eigen::Ref<Vector<Scalar>> y) const {
+    y.noalias() = *a_ * x;
+  }
+  void apply_adjoint(Eigen::Ref<const Vector<Scalar>> u, Eigen::Ref<Vector<Scalar>> v) const {
+    v.noalias() = a_->adjoint() * u;
+  }
+  void apply_add(Eigen::Ref<const Vector<Scalar>> x, Eigen::Ref<Vector<Scalar>> y) const {
+    y.noalias() += *a_ * x;
+  }
+  void apply_adjoint_add(Eigen::Ref<const Vector<Scalar>> u, Eigen::Ref<Vector<Scalar>> v) const {
+    v.noalias() += a_->adjoint() * u;
+  }
+  const Matrix& matrix() const { return *a_; }
+
+ private:
+  const Matrix* a_;
+};
+
+/// Sparse matrix adapter (Eigen::SparseMatrix of either storage order, or a Map of one).
+template <class Matrix>
+class SparseOperator {
+ public:
+  using Scalar = typename Matrix::Scalar;
+  explicit SparseOperator(const Matrix& a) : a_(&a) {}
+  Index rows() const { return a_->rows(); }
+  Index cols() const { return a_->cols(); }
+  void apply(Eigen::Ref<const Vector<Scalar>> x, Eigen::Ref<Vector<Scalar>> y) const {
+    y.noalias() = *a_ * x;
+  }
+  void apply_adjoint(Eigen::Ref<const Vector<Scalar>> u, Eigen::Ref<Vector<Scalar>> v) const {
+    v.noalias() = a_->adjoint() * u;
+  }
+  void apply_add(Eigen::Ref<const Vector<Scalar>> x, Eigen::Ref<Vector<Scalar>> y) const {
+    y.noalias() += *a_ * x;
+  }
+  void apply_adjoint_add(Eigen::Ref<const Vector<Scalar>> u, Eigen::Ref<Vector<Scalar>> v) const {
+    v.noalias() += a_->adjoint() * u;
+  }
+  const Matrix& matrix() const { return *a_; }
+
+ private:
+  const Matrix* a_;
+};
+
+// --- callbacks ------------------------------------------------------------------------------
+
+/// Matrix-free operator from two callables: matvec(x, y) writes y = A x, rmatvec(u, v) writes
+/// v = Aᴴ u. Both receive `const Eigen::Ref<const Vector>&` and `Eigen::Ref<Vector>&` (lvalues),
+/// so generic lambdas `[&](const auto& x, auto& y) { y.noalias() = M * x; }` work.
+template <class Scalar_, class MatVec, class RMatVec>
+class CallbackOperator {
+ public:
+  using Scalar = Scalar_;
+  CallbackOperator(Index rows, Index cols, MatVec matvec, RMatVec rmatvec)
+      : rows_(rows), cols_(cols), matvec_(std::move(matvec)), rmatvec_(std::move(rmatvec)) {
+    if (rows < 0 || cols < 0)
+      throw std::invalid_argument("difflsq::make_operator: negative size " +
+                                  std::to_string(rows) + " x " + std::to_string(cols));
+  }
+  Index rows() const { return rows_; }
+  Index cols() const { return cols_; }
+  void apply(Eigen::Ref<const Vector<Scalar>> x, Eigen::Ref<Vector<Scalar>> y) const {
+    matvec_(x, y);
+  }
+  void apply_adjoint(Eigen::Ref<const Vector<Scalar>> u, Eigen::Ref<Vector<Scalar>> v) const {
+    rmatvec_(u, v);
+  }
+
+ private:
+  Index rows_, cols_;
+  MatVec matvec_;
+  RMatVec rmatvec_;
+};
+
+/// make_operator<double>(m, n, matvec, rmatvec); the scalar defaults to double.
+template <class Scalar = double, class MatVec, class RMatVec>
+auto make_operator(Index rows, Index cols, MatVec matvec, RMatVec rmatvec) {
+  return CallbackOperator<Scalar, MatVec, RMatVec>(rows, cols, std::move(matvec),
+                                                   std::move(rmatvec));
+}
+
+// --- adjoint view -----------------------------------------------------------------------------
+
+/// Aᴴ as an operator; holds a reference to A.
+template <LinearOperator Op>
+class AdjointOperator {
+ public:
+  using Scalar = typename Op::Scalar;
+  explicit AdjointOperator(const Op& a) : a_(&a) {}
+  Index rows() const { return a_->cols(); }
+  Index cols() const { return a_->rows(); }
+  void apply(Eigen::Ref<const Vector<Scalar>> x, Eigen::Ref<Vector<Scalar>> y) const {
+    a_->apply_adjoint(x, y);
+  }
+  void apply_adjoint(Eigen::Ref<const Vector<Scalar>> u, Eigen::Ref<Vector<Scalar>> v) const {
+    a_->apply(u, v);
+  }
+
+ private:
+  const Op* a_;
+};
+
+// --- turning user input into an operator ----------------------------------------------------
+
+namespace detail {
+template <class T>
+inline constexpr bool is_dense_v = std::is_base_of_v<Eigen::MatrixBase<T>, T>;
+template <class T>
+inline constexpr bool is_sparse_v = std::is_base_of_v<Eigen::SparseMatrixBase<T>, T>;
+}  // namespace detail
+
+/// Anything the solvers accept: an operator, or an Eigen dense/sparse matrix.
+template <class A>
+concept OperatorLike = LinearOperator<A> || detail::is_dense_v<A> || detail::is_sparse_v<A>;
+
+/// An operator for A: A itself when it already is one, otherwise a non-owning adapter.
+/// Dense expressions that are not plain objects (e.g. `M * 2`) are not accepted: evaluate them.
+template <OperatorLike A>
+decltype(auto) as_operator(const A& a) {
+  if constexpr (LinearOperator<A>) {
+    return (a);
+  } else if constexpr (detail::is_dense_v<A>) {
+    static_assert(std::is_base_of_v<Eigen::PlainObjectBase<A>, A> ||
+                      std::is_base_of_v<Eigen::MapBase<A, Eigen::ReadOnlyAccessors>, A>,
+                  "difflsq: pass a dense matrix, Map or Ref, not an unevaluated expression");
+    return DenseOperator<A>(a);
+  } else {
+    return SparseOperator<A>(a);
+  }
+}
+
+template <OperatorLike A>
+using OperatorOf = std::remove_cvref_t<decltype(as_operator(std::declval<const A&>()))>;
+
+template <OperatorLike A>
+using ScalarOf = typename OperatorOf<A>::Scalar;
+
+/// The adjoint view of A (an operator or a matrix).
+template <OperatorLike A>
+auto adjoint(const A& a) {
+  static_assert(LinearOperator<A>, "difflsq::adjoint: for a matrix use M.adjoint() or as_operator(M)");
+  return AdjointOperator<A>(a);
+}
+
+// --- the dot test -----------------------------------------------------------------------------
+
+/// Result of check_adjoint: |⟨Ax, y⟩ − ⟨x, Aᴴy⟩| relative to ‖Ax‖‖y‖ + ‖x‖‖Aᴴy‖.
+struct AdjointCheck {
+  double relative_error = 0;
+  bool passed = false;
+};
+
+/// The dot test: for random x and y, ⟨A x, y⟩ = ⟨x, Aᴴ y⟩ must hold to rounding. Passing is
+/// judged against `tolerance` (default: 100·ε·sqrt(m + n) of the scalar's precision).
+template <class A>
+AdjointCheck check_adjoint(const A& a, int trials = 3, double tolerance = -1,
+                           unsigned seed = 20251025u) {
+  const auto& op = as_operator(a);
+  using Scalar = ScalarOf<A>;
+  using Real = RealOf<Scalar>;
+  const Index m = op.rows(), n = op.cols();
+  if (tolerance < 0)
+    tolerance = 100.0 * static_cast<double>(std::numeric_limits<Real>::epsilon()) *
+                std::sqrt(static_cast<double>(m + n) + 1.0);
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<double> normal;
+  auto random_vector = [&](Index size) {
+    Vector<Scalar> z(size);
+    for (Index i = 0; i < size; ++i) {
+      if constexpr (Eigen::NumTraits<Scalar>::IsComplex)
+        z[i] = Scalar(Real(normal(gen)), Real(normal(gen)));
+      else
+        z[i] = Scalar(normal(gen));
+    }
+    return z;
+  };
+  AdjointCheck out;
+  Vector<Scalar> ax(m), ahy(n);
+  for (int t = 0; t < trials; ++t) {
+    const Vector<Scalar> x = random_vector(n), y = random_vector(m);
+    op.apply(x, ax);
+    op.apply_adjoint(y, ahy);
+    const double lhs_scale = static_cast<double>(ax.norm() * y.norm() + x.norm() * ahy.norm());
+    const double diff = static_cast<double>(std::abs(y.dot(ax) - ahy.dot(x)));  // ⟨Ax,y⟩ − ⟨x,Aᴴy⟩
+    const double rel = lhs_scale > 0 ? diff / lhs_scale : diff;
+    out.relative_error = std::max(out.relative_error, rel);
+  }
+  out.passed = std::isfinite(out.relative_error) && out.relative_error <= tolerance;
+  return out;
+}
+
+}  // namespace difflsq

@@ -1,0 +1,197 @@
+// difflsq Python bindings: the solvers for one scalar type. Dense and sparse matrices are
+// wrapped without copying (Eigen::Map over the NumPy/SciPy buffers) and iterate entirely in C++
+// with the GIL released; LinearOperators call back into Python.
+#pragma once
+
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdio>
+#include <difflsq/difflsq.hpp>
+#include <optional>
+#include <string>
+
+namespace difflsq::python {
+
+namespace py = pybind11;
+
+/// Arguments common to every solve, as the Python layer passes them.
+struct SolveArgs {
+  std::string method;  // "lsqr", "lsmr" or "cgls"
+  double damp, atol, btol, conlim;
+  long long maxiter;   // ≤ 0: the method's default
+  bool show, calc_var;
+};
+
+template <class Scalar>
+using PyArray = py::array_t<Scalar, py::array::forcecast>;
+
+template <class Scalar>
+Eigen::Map<const Vector<Scalar>> as_vector(const PyArray<Scalar>& a, const char* name) {
+  if (a.ndim() != 1)
+    throw std::invalid_argument(std::string("difflsq: ") + name + " must be 1-D, got " +
+                                std::to_string(a.ndim()) + " dimensions");
+  return {a.data(), static_cast<Index>(a.shape(0))};
+}
+
+/// SciPy-style progress printing for show=True (through Python's sys.stdout).
+template <class Scalar>
+struct Printer {
+  std::string method;
+  Index n, max_iterations;
+  double bnorm;
+  MonitorAction operator()(const IterationInfo<Scalar>& it) const {
+    const bool print = n <= 40 || it.iteration <= 10 || it.iteration % 10 == 0 ||
+                       it.iteration >= max_iterations - 10;
+    if (print) {
+      const double r = static_cast<double>(it.r2norm);
+      const double test1 = bnorm > 0 ? r / bnorm : 0;
+      const double denom = static_cast<double>(it.anorm) * r;
+      const double test2 = denom > 0 ? static_cast<double>(it.arnorm) / denom : 0;
+      char line[160];
+      std::snprintf(line, sizeof line, "%6lld %12.5e %10.3e %10.3e  %8.1e %8.1e %8.1e %8.1e",
+                    static_cast<long long>(it.iteration),
+                    it.x.size() ? static_cast<double>(std::real(it.x[0])) : 0.0,
+                    static_cast<double>(it.r1norm), r, test1, test2,
+                    static_cast<double>(it.anorm), static_cast<double>(it.acond));
+      py::gil_scoped_acquire gil;
+      py::print(line);
+    }
+    return MonitorAction::Continue;
+  }
+};
+
+/// Runs the chosen method on an operator and packs SciPy's return values:
+/// (x, istop, itn, r1norm, r2norm, anorm, acond, arnorm, xnorm, var, matvecs, rmatvecs).
+template <LinearOperator Op>
+py::tuple run(const Op& op, const PyArray<typename Op::Scalar>& b_arr,
+              const std::optional<PyArray<typename Op::Scalar>>& x0_arr, const SolveArgs& args,
+              bool release_gil) {
+  using Scalar = typename Op::Scalar;
+  using Real = RealOf<Scalar>;
+  const auto b = as_vector(b_arr, "b");
+  Options<Scalar> opts;
+  opts.damp = static_cast<Real>(args.damp);
+  opts.atol = static_cast<Real>(args.atol);
+  opts.btol = static_cast<Real>(args.btol);
+  opts.conlim = static_cast<Real>(args.conlim);
+  opts.max_iterations = static_cast<Index>(args.maxiter);
+  opts.calc_var = args.calc_var;
+  if (x0_arr) opts.x0 = as_vector(*x0_arr, "x0");
+  if (args.show) {
+    const Index m = op.rows(), n = op.cols();
+    const Index limit = args.maxiter > 0 ? static_cast<Index>(args.maxiter)
+                        : args.method == "lsmr" ? std::min(m, n)
+                                                : 2 * n;
+    opts.monitor = Printer<Scalar>{args.method, n, limit, static_cast<double>(b.norm())};
+  }
+  Workspace<Scalar> ws;
+  Report<Real> rep;
+  {
+    std::optional<py::gil_scoped_release> nogil;
+    if (release_gil || args.show) nogil.emplace();  // the printer re-acquires the GIL
+    if (args.method == "lsqr")
+      rep = lsqr(ws, op, b, opts);
+    else if (args.method == "lsmr")
+      rep = lsmr(ws, op, b, opts);
+    else if (args.method == "cgls")
+      rep = cgls(ws, op, b, opts);
+    else
+      throw std::invalid_argument("difflsq: unknown method '" + args.method + "'");
+  }
+  auto to_numpy = [](const auto& v) {
+    using T = typename std::decay_t<decltype(v)>::Scalar;
+    py::array_t<T> out(v.size());
+    std::copy(v.data(), v.data() + v.size(), out.mutable_data());
+    return out;
+  };
+  Vector<Real> var = ws.var.size() ? ws.var : Vector<Real>::Zero(op.cols());
+  return py::make_tuple(to_numpy(ws.x), static_cast<int>(rep.status), rep.iterations,
+                        rep.r1norm, rep.r2norm, rep.anorm, rep.acond, rep.arnorm, rep.xnorm,
+                        to_numpy(var), rep.matvecs, rep.rmatvecs,
+                        static_cast<bool>(rep.tolerances_clamped));
+}
+
+/// Calls a Python matvec/rmatvec: passes a fresh NumPy copy of the input, checks the result.
+template <class Scalar>
+struct PyCallback {
+  py::function f;
+  Index out_size;
+  const char* name;
+  void operator()(const Eigen::Ref<const Vector<Scalar>>& in, Eigen::Ref<Vector<Scalar>>& out) const {
+    py::gil_scoped_acquire gil;
+    PyArray<Scalar> arg(in.size());
+    std::copy(in.data(), in.data() + in.size(), arg.mutable_data());
+    py::object res = f(arg);
+    auto arr = PyArray<Scalar>::ensure(res);
+    if (!arr) throw py::error_already_set();
+    if (arr.size() != out_size)
+      throw std::invalid_argument(std::string("difflsq: ") + name + " returned " +
+                                  std::to_string(arr.size()) + " values, expected " +
+                                  std::to_string(out_size));
+    const Scalar* data = arr.data();
+    // The result may be (k,) or (k, 1); ensure() made it contiguous.
+    std::copy(data, data + out_size, out.data());
+  }
+};
+
+template <class Scalar>
+void register_scalar(py::module_& m, const std::string& suffix) {
+  using RowMajor = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using ColMajor = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+  using Opt = std::optional<PyArray<Scalar>>;
+
+  // Dense: A must be C- or F-contiguous (the Python layer ensures it); no copy.
+  m.def(("_solve_dense_" + suffix).c_str(),
+        [](py::array_t<Scalar> a, PyArray<Scalar> b, Opt x0, SolveArgs args) {
+          if (a.ndim() != 2) throw std::invalid_argument("difflsq: A must be 2-D");
+          const Index rows = a.shape(0), cols = a.shape(1);
+          if (a.flags() & py::array::c_style) {
+            Eigen::Map<const RowMajor> map(a.data(), rows, cols);
+            return run(DenseOperator<decltype(map)>(map), b, x0, args, true);
+          }
+          if (a.flags() & py::array::f_style) {
+            Eigen::Map<const ColMajor> map(a.data(), rows, cols);
+            return run(DenseOperator<decltype(map)>(map), b, x0, args, true);
+          }
+          throw std::invalid_argument("difflsq: dense A must be C- or F-contiguous");
+        });
+
+  // Sparse CSR (row-major) or CSC (column-major) with int32 or int64 indices; no copy.
+  auto sparse = [&m, &suffix]<class StorageIndex>(StorageIndex) {
+    const std::string idx = sizeof(StorageIndex) == 4 ? "i32" : "i64";
+    m.def(("_solve_sparse_" + suffix + "_" + idx).c_str(),
+          [](bool csr, Index rows, Index cols, py::array_t<Scalar> data,
+             py::array_t<StorageIndex> indices, py::array_t<StorageIndex> indptr, PyArray<Scalar> b,
+             Opt x0, SolveArgs args) {
+            const Index outer = csr ? rows : cols;
+            if (indptr.size() != outer + 1 || data.size() != indices.size() ||
+                (indptr.size() > 0 && indptr.data()[outer] > data.size()))
+              throw std::invalid_argument("difflsq: inconsistent sparse matrix arrays");
+            const Index nnz = indptr.data()[outer];
+            if (csr) {
+              Eigen::Map<const Eigen::SparseMatrix<Scalar, Eigen::RowMajor, StorageIndex>> map(
+                  rows, cols, nnz, indptr.data(), indices.data(), data.data());
+              return run(SparseOperator<decltype(map)>(map), b, x0, args, true);
+            }
+            Eigen::Map<const Eigen::SparseMatrix<Scalar, Eigen::ColMajor, StorageIndex>> map(
+                rows, cols, nnz, indptr.data(), indices.data(), data.data());
+            return run(SparseOperator<decltype(map)>(map), b, x0, args, true);
+          });
+  };
+  sparse(std::int32_t{});
+  sparse(std::int64_t{});
+
+  // LinearOperator: matvec and rmatvec are Python callables.
+  m.def(("_solve_callback_" + suffix).c_str(),
+        [](Index rows, Index cols, py::function matvec, py::function rmatvec, PyArray<Scalar> b,
+           Opt x0, SolveArgs args) {
+          auto op = make_operator<Scalar>(rows, cols, PyCallback<Scalar>{matvec, rows, "matvec"},
+                                          PyCallback<Scalar>{rmatvec, cols, "rmatvec"});
+          return run(op, b, x0, args, true);
+        });
+}
+
+}  // namespace difflsq::python

@@ -1,0 +1,67 @@
+// The operator adapters, the adjoint view and the dot test.
+#include <doctest/doctest.h>
+
+#include <difflsq/difflsq.hpp>
+
+#include "test_problems.hpp"
+
+using namespace difflsq;
+using namespace difflsq::test;
+
+TEST_CASE_TEMPLATE("check_adjoint passes for correct operators and fails for a wrong adjoint",
+                   Scalar, float, double, std::complex<float>, std::complex<double>) {
+  std::mt19937_64 gen(1);
+  const Mat<Scalar> a = random_matrix<Scalar>(17, 9, gen);
+  CHECK(check_adjoint(a).passed);
+  const Eigen::SparseMatrix<Scalar> s = a.sparseView();
+  CHECK(check_adjoint(s).passed);
+  const Eigen::SparseMatrix<Scalar, Eigen::RowMajor> sr = s;
+  CHECK(check_adjoint(sr).passed);
+  auto good = make_operator<Scalar>(17, 9, [&](const auto& x, auto& y) { y.noalias() = a * x; },
+                                    [&](const auto& u, auto& v) { v.noalias() = a.adjoint() * u; });
+  CHECK(check_adjoint(good).passed);
+  CHECK(check_adjoint(adjoint(good)).passed);
+  // Transpose without conjugation is wrong for complex; a perturbed adjoint is wrong for all.
+  auto wrong = make_operator<Scalar>(
+      17, 9, [&](const auto& x, auto& y) { y.noalias() = a * x; },
+      [&](const auto& u, auto& v) {
+        v.noalias() = a.adjoint() * u;
+        v.head(9) += Scalar(RealOf<Scalar>(0.5)) * u.head(9);
+      });
+  const auto c = check_adjoint(wrong);
+  CHECK(!c.passed);
+  CHECK(c.relative_error > 1e-3);
+  if constexpr (Eigen::NumTraits<Scalar>::IsComplex) {
+    auto no_conj = make_operator<Scalar>(
+        17, 9, [&](const auto& x, auto& y) { y.noalias() = a * x; },
+        [&](const auto& u, auto& v) { v.noalias() = a.transpose() * u; });
+    CHECK(!check_adjoint(no_conj).passed);
+  }
+}
+
+TEST_CASE("the adjoint view swaps shapes and products; solving with it solves A^H") {
+  std::mt19937_64 gen(2);
+  const Mat<double> a = random_matrix<double>(12, 30, gen);
+  auto op = make_operator(12, 30, [&](const auto& x, auto& y) { y.noalias() = a * x; },
+                          [&](const auto& u, auto& v) { v.noalias() = a.transpose() * u; });
+  const auto at = adjoint(op);
+  CHECK(at.rows() == 30);
+  CHECK(at.cols() == 12);
+  const Eigen::VectorXd b = random_vector<double>(30, gen);
+  const Eigen::MatrixXd atd = a.transpose();
+  const Eigen::VectorXd ref = atd.colPivHouseholderQr().solve(b);
+  const auto r = lsqr(at, b, {.atol = 1e-14, .btol = 1e-14});
+  CHECK((r.x - ref).norm() < 1e-10 * ref.norm());
+}
+
+TEST_CASE("Eigen Map and Ref of dense matrices are accepted without copies") {
+  std::mt19937_64 gen(3);
+  Mat<double> a = random_matrix<double>(20, 6, gen);
+  const Eigen::VectorXd b = random_vector<double>(20, gen);
+  const Eigen::Map<const Eigen::MatrixXd> map(a.data(), 20, 6);
+  const Eigen::Ref<const Eigen::MatrixXd> ref(a);
+  const auto r1 = lsmr(a, b), r2 = lsmr(map, b), r3 = lsmr(ref, b);
+  CHECK(r1.x == r2.x);
+  CHECK(r1.x == r3.x);
+  CHECK(&as_operator(map).matrix() == &map);
+}

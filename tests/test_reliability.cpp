@@ -1,0 +1,275 @@
+// Bad input, non-finite operators, degenerate problems, iteration limits, the monitor, float
+// tolerance clamping, and "no allocation inside the iterations".
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <difflsq/difflsq.hpp>
+#include <new>
+#include <string>
+
+#include "test_problems.hpp"
+
+using namespace difflsq;
+using namespace difflsq::test;
+
+// --- allocation counting ----------------------------------------------------------------------
+// Eigen allocates with malloc, not operator new, so malloc itself is counted: this executable
+// interposes glibc's malloc/calloc/realloc (not under AddressSanitizer, which owns them).
+#if defined(__SANITIZE_ADDRESS__)
+#define DIFFLSQ_COUNT_ALLOCATIONS 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define DIFFLSQ_COUNT_ALLOCATIONS 0
+#endif
+#endif
+#ifndef DIFFLSQ_COUNT_ALLOCATIONS
+#define DIFFLSQ_COUNT_ALLOCATIONS 1
+#endif
+
+namespace {
+std::atomic<long> g_allocations{0};
+}
+#if DIFFLSQ_COUNT_ALLOCATIONS
+extern "C" {
+void* __libc_malloc(std::size_t);
+void* __libc_calloc(std::size_t, std::size_t);
+void* __libc_realloc(void*, std::size_t);
+void* malloc(std::size_t size) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  return __libc_malloc(size);
+}
+void* calloc(std::size_t n, std::size_t size) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  return __libc_calloc(n, size);
+}
+void* realloc(void* p, std::size_t size) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  return __libc_realloc(p, size);
+}
+}
+#endif
+
+namespace {
+std::string message_of(auto&& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST_CASE("bad input throws std::invalid_argument naming the sizes or values") {
+  KnownSvdProblem<double> p(30, 10, spread(10, 3.0), 1);
+  for (Method method : kMethods) {
+    const std::string method_name = name(method);
+    CAPTURE(method_name);
+    const Eigen::VectorXd b_short = Eigen::VectorXd::Ones(29);
+    auto msg = message_of([&] { solve(method, p.a, b_short, Options<double>{}); });
+    CHECK(msg.find("29") != std::string::npos);
+    CHECK(msg.find("30 x 10") != std::string::npos);
+
+    Eigen::VectorXd b_nan = p.b;
+    b_nan[3] = std::numeric_limits<double>::quiet_NaN();
+    CHECK(message_of([&] { solve(method, p.a, b_nan, Options<double>{}); }).find("non-finite") !=
+          std::string::npos);
+
+    CHECK(message_of([&] { solve(method, p.a, p.b, Options<double>{.damp = -1}); })
+              .find("damp") != std::string::npos);
+    CHECK(message_of([&] {
+            solve(method, p.a, p.b, Options<double>{.damp = std::numeric_limits<double>::infinity()});
+          }).find("damp") != std::string::npos);
+    CHECK(message_of([&] { solve(method, p.a, p.b, Options<double>{.atol = -1e-6}); })
+              .find("atol") != std::string::npos);
+    CHECK(message_of([&] { solve(method, p.a, p.b, Options<double>{.btol = -1}); })
+              .find("btol") != std::string::npos);
+    CHECK(message_of([&] { solve(method, p.a, p.b, Options<double>{.conlim = -1}); })
+              .find("conlim") != std::string::npos);
+    Options<double> o;
+    o.x0 = Eigen::VectorXd::Zero(11);
+    msg = message_of([&] { solve(method, p.a, p.b, o); });
+    CHECK(msg.find("x0") != std::string::npos);
+    CHECK(msg.find("11") != std::string::npos);
+    o.x0 = Eigen::VectorXd::Zero(10);
+    (*o.x0)[2] = std::numeric_limits<double>::infinity();
+    CHECK(message_of([&] { solve(method, p.a, p.b, o); }).find("x0") != std::string::npos);
+    Options<double> s;
+    s.column_scaling = Eigen::VectorXd::Ones(10);
+    (*s.column_scaling)[4] = 0;
+    CHECK(message_of([&] { solve(method, p.a, p.b, s); }).find("column_scaling[4]") !=
+          std::string::npos);
+  }
+  CHECK_THROWS_AS(make_operator(-1, 3, [](const auto&, auto&) {}, [](const auto&, auto&) {}),
+                  std::invalid_argument);
+}
+
+TEST_CASE("inputs are never modified") {
+  KnownSvdProblem<double> p(30, 10, spread(10, 3.0), 2);
+  const Eigen::MatrixXd a_copy = p.a;
+  const Eigen::VectorXd b_copy = p.b;
+  Options<double> o{.damp = 0.3};
+  o.x0 = Eigen::VectorXd::LinSpaced(10, -1, 1);
+  const Eigen::VectorXd x0_copy = *o.x0;
+  for (Method method : kMethods) {
+    solve(method, p.a, p.b, o);
+    CHECK(p.a == a_copy);
+    CHECK(p.b == b_copy);
+    CHECK(*o.x0 == x0_copy);
+  }
+}
+
+TEST_CASE("an operator producing NaN/Inf stops with Status::NonFinite and the last finite x") {
+  KnownSvdProblem<double> p(40, 15, spread(15, 100.0), 3);
+  for (double bad : {std::numeric_limits<double>::quiet_NaN(),
+                     std::numeric_limits<double>::infinity()}) {
+    for (Method method : kMethods) {
+      const std::string method_name = name(method);
+    CAPTURE(method_name);
+      // Poisons A·v from its 4th application on.
+      int calls = 0;
+      auto op = make_operator(
+          40, 15,
+          [&](const auto& x, auto& y) {
+            y.noalias() = p.a * x;
+            if (++calls >= 4) y[7] = bad;
+          },
+          [&](const auto& u, auto& v) { v.noalias() = p.a.transpose() * u; });
+      const auto r = solve(method, op, p.b, Options<double>{.atol = 1e-12, .btol = 1e-12});
+      CHECK(r.status == Status::NonFinite);
+      CHECK(!r.converged());
+      CHECK(r.x.allFinite());
+      CHECK(std::isfinite(r.r1norm));
+      // The last finite iterate is the one an honest run stopped at that iteration returns.
+      Options<double> lim{.atol = 1e-12, .btol = 1e-12};
+      lim.max_iterations = r.iterations;
+      if (r.iterations > 0) {
+        const auto ok = solve(method, p.a, p.b, lim);
+        CHECK((ok.x - r.x).norm() <= 1e-12 * ok.x.norm());
+      }
+    }
+  }
+  // Non-finite at the very start (A x0): status NonFinite, x = x0.
+  auto nan_op = make_operator(
+      40, 15, [&](const auto&, auto& y) { y.setConstant(std::nan("")); },
+      [&](const auto& u, auto& v) { v.noalias() = p.a.transpose() * u; });
+  Options<double> o;
+  o.x0 = Eigen::VectorXd::Ones(15);
+  for (Method method : kMethods) {
+    const auto r = solve(method, nan_op, p.b, o);
+    CHECK(r.status == Status::NonFinite);
+    CHECK(r.x == *o.x0);
+  }
+}
+
+TEST_CASE("b = 0 gives x = 0 with status 0; A = 0 gives a finite x = 0") {
+  KnownSvdProblem<double> p(20, 8, spread(8, 3.0), 4);
+  const Eigen::VectorXd zero_b = Eigen::VectorXd::Zero(20);
+  const Eigen::MatrixXd zero_a = Eigen::MatrixXd::Zero(20, 8);
+  for (Method method : kMethods) {
+    const std::string method_name = name(method);
+    CAPTURE(method_name);
+    for (double damp : {0.0, 0.5}) {
+      const auto r = solve(method, p.a, zero_b, Options<double>{.damp = damp});
+      CHECK(r.status == Status::ExactSolution);
+      CHECK(r.x == Eigen::VectorXd::Zero(8));
+      CHECK(r.iterations == 0);
+      const auto z = solve(method, zero_a, p.b, Options<double>{.damp = damp});
+      CHECK(z.status == Status::ExactSolution);
+      CHECK(z.x == Eigen::VectorXd::Zero(8));
+      CHECK(std::abs(z.r1norm - p.b.norm()) < 1e-12);
+    }
+  }
+}
+
+TEST_CASE("iteration limit: status 7 after exactly max_iterations") {
+  KnownSvdProblem<double> p(60, 30, spread(30, 1e4), 5);
+  for (Method method : kMethods) {
+    const std::string method_name = name(method);
+    CAPTURE(method_name);
+    const auto r = solve(method, p.a, p.b, Options<double>{.atol = 1e-14, .btol = 1e-14,
+                                                           .conlim = 0, .max_iterations = 5});
+    CHECK(r.status == Status::IterationLimit);
+    CHECK(r.iterations == 5);
+    CHECK(!r.converged());
+  }
+}
+
+TEST_CASE("the monitor sees every iteration and can stop the solve") {
+  KnownSvdProblem<double> p(60, 30, spread(30, 1e3), 6);
+  for (Method method : kMethods) {
+    const std::string method_name = name(method);
+    CAPTURE(method_name);
+    std::vector<double> residuals;
+    Options<double> o{.atol = 1e-14, .btol = 1e-14};
+    o.monitor = [&](const IterationInfo<double>& it) {
+      residuals.push_back(it.r1norm);
+      CHECK(it.iteration == static_cast<Index>(residuals.size()));
+      CHECK(it.x.size() == 30);
+      return it.iteration == 3 ? MonitorAction::Stop : MonitorAction::Continue;
+    };
+    const auto r = solve(method, p.a, p.b, o);
+    CHECK(r.status == Status::StoppedByMonitor);
+    CHECK(r.iterations == 3);
+    CHECK(residuals.size() == 3);
+  }
+}
+
+TEST_CASE("float: tolerances below machine precision are raised to it and flagged") {
+  KnownSvdProblem<float> p(40, 10, spread(10, 3.0), 7);
+  for (Method method : kMethods) {
+    const std::string method_name = name(method);
+    CAPTURE(method_name);
+    const auto r = solve(method, p.a, p.b,
+                         Options<float>{.atol = 1e-12f, .btol = 1e-12f, .max_iterations = 100});
+    CHECK(r.tolerances_clamped);
+    CHECK(r.converged());
+    CHECK(r.iterations < 100);
+    const auto d = solve(method, p.a, p.b, Options<float>{});
+    CHECK(!d.tolerances_clamped);
+  }
+  // In double the same tolerances are attainable and left alone.
+  KnownSvdProblem<double> q(40, 10, spread(10, 3.0), 7);
+  CHECK(!lsqr(q.a, q.b, Options<double>{.atol = 1e-12, .btol = 1e-12}).tolerances_clamped);
+}
+
+TEST_CASE("a workspace solve allocates nothing once the workspace is sized" *
+          doctest::skip(!DIFFLSQ_COUNT_ALLOCATIONS)) {
+  KnownSvdProblem<double> p(80, 30, spread(30, 50.0), 8);
+  const Eigen::SparseMatrix<double, Eigen::RowMajor> sparse = p.a.sparseView();
+  auto op = make_operator(80, 30, [&](const auto& x, auto& y) { y.noalias() = p.a * x; },
+                          [&](const auto& u, auto& v) { v.noalias() = p.a.transpose() * u; });
+  for (Method method : kMethods) {
+    const std::string method_name = name(method);
+    CAPTURE(method_name);
+    // One workspace per configuration: the damped, preconditioned solve works on [A D; λD],
+    // whose vectors are longer.
+    Workspace<double> ws, ws_pre;
+    Options<double> o{.damp = 0.1, .atol = 1e-12, .btol = 1e-12, .max_iterations = 300};
+    Options<double> pre = o;
+    pre.column_scaling = column_scaling(p.a);
+    pre.x0 = Eigen::VectorXd::Zero(30);
+    // First solves size the workspace (and warm up the paths).
+    solve(method, ws, p.a, p.b, o);
+    solve(method, ws, sparse, p.b, o);
+    solve(method, ws, op, p.b, o);
+    solve(method, ws_pre, p.a, p.b, pre);
+    long before = g_allocations.load();
+    const auto r1 = solve(method, ws, p.a, p.b, o);
+    const auto r2 = solve(method, ws, sparse, p.b, o);
+    const auto r3 = solve(method, ws, op, p.b, o);
+    const auto r4 = solve(method, ws_pre, p.a, p.b, pre);
+    long after = g_allocations.load();
+    // The counter works: a fresh workspace does allocate.
+    Workspace<double> fresh;
+    const long before_fresh = g_allocations.load();
+    solve(method, fresh, p.a, p.b, o);
+    CHECK(g_allocations.load() > before_fresh);
+    CHECK(r1.iterations > 5);
+    CHECK(r4.converged());
+    CHECK(after - before == 0);
+    (void)r2;
+    (void)r3;
+  }
+}
