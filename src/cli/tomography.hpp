@@ -72,6 +72,8 @@ struct ParallelBeamGeometry {
 /// Matrix-free parallel-beam projector (Joseph's method); see the file comment.
 class ParallelBeamProjector {
  public:
+  using Scalar = double;  // makes the projector a difflsq::LinearOperator as it is
+
   /// Upper limits that keep every index computation far from overflow.
   static constexpr int max_image_size = 1 << 16;
   static constexpr int max_angles = 1 << 20;
