@@ -79,7 +79,7 @@ struct IterationInfo {
   using Real = RealOf<Scalar>;
   Index iteration;        ///< 1-based iteration number
   const Vector<Scalar>& x;  ///< the current iterate (do not keep the reference)
-  Real r1norm;            ///< ‖b − A x‖
+  Real r1norm;            ///< ‖b − A x‖ (LSMR with damp > 0: the damped residual, its only estimate)
   Real r2norm;            ///< sqrt(‖b − A x‖² + damp²‖x − x0‖²)
   Real arnorm;            ///< ‖Aᴴ(b − A x) − damp²(x − x0)‖
   Real anorm;             ///< estimate of ‖Ā‖_F, Ā = [A; damp·I]
