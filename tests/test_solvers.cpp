@@ -151,6 +151,24 @@ TEST_CASE_TEMPLATE("column scaling does not change the solution and speeds up ba
   }
 }
 
+TEST_CASE("column scaling of a tiny matrix: the stopping tests use one coordinate system") {
+  // Regression: with A = 1e-9·M and d = 1/‖columns‖, ‖A D‖ ≈ 1 while ‖x‖ ≈ 1e9; mixing
+  // ‖A D‖ with the unscaled ‖x‖ in test 1 stopped LSMR and CGLS after one iteration.
+  KnownSvdProblem<double> p(40, 10, spread(10, 4.0), 41);
+  const Eigen::MatrixXd a = p.a * 1e-9;
+  const Eigen::VectorXd ref = a.colPivHouseholderQr().solve(p.b);
+  for (Method method : kMethods) {
+    const std::string method_name = name(method);
+    CAPTURE(method_name);
+    Options<double> o;
+    o.column_scaling = column_scaling(a);
+    o.max_iterations = 200;
+    const auto r = solve(method, a, p.b, o);
+    CHECK(r.converged());
+    CHECK(relative_error(r.x, ref) < 1e-4);
+  }
+}
+
 TEST_CASE("sparse (row- and column-major), dense (both orders) and callbacks agree") {
   std::mt19937_64 gen(3);
   std::uniform_real_distribution<double> unif(-1, 1);

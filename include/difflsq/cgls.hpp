@@ -109,8 +109,9 @@ struct CglsMethod {
       const Real test1 = rep.r2norm / p.bnorm;
       const Real test2 = rep.arnorm / (rep.anorm * rep.r2norm + std::numeric_limits<Real>::epsilon());
       // No cond(A) estimate: test3 = 1 with ctol = 0 never fires.
-      rep.status = stopping_test(itn, p.max_iterations, test1, test2, Real(1), rep.anorm, xnorm,
-                                 p.bnorm, p.atol, p.btol, Real(0));
+      const Real xnorm_loop = p.scaling ? loop_xnorm(ws.x, p.scaling) : xnorm;
+      rep.status = stopping_test(itn, p.max_iterations, test1, test2, Real(1), rep.anorm,
+                                 xnorm_loop, p.bnorm, p.atol, p.btol, Real(0));
       if (monitor_says_stop(p, IterationInfo<Scalar>{itn, ws.x, rep.r1norm, rep.r2norm,
                                                        rep.arnorm, rep.anorm, Real(0), xnorm}) &&
           rep.status == Status::ExactSolution) {

@@ -140,11 +140,12 @@ struct LsmrMethod {
       rep.xnorm = normx;
       rep.iterations = itn;
 
+      const Real normx_loop = p.scaling ? loop_xnorm(ws.x, p.scaling) : normx;
       const Real test1 = normr / p.bnorm;
       const Real test2 = (normA * normr) != 0 ? normar / (normA * normr)
                                                 : std::numeric_limits<Real>::infinity();
       const Real test3 = 1 / condA;
-      rep.status = stopping_test(itn, p.max_iterations, test1, test2, test3, normA, normx,
+      rep.status = stopping_test(itn, p.max_iterations, test1, test2, test3, normA, normx_loop,
                                  p.bnorm, p.atol, p.btol, p.ctol);
       if (monitor_says_stop(p, IterationInfo<Scalar>{itn, ws.x, normr, normr, normar, normA,
                                                        condA, normx}) &&

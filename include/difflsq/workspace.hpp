@@ -147,6 +147,8 @@ Report<RealOf<typename Op::Scalar>> solve(Workspace<typename Op::Scalar>& ws, co
   if (opts.calc_var) {
     ws.var.resize(n);
     ws.var.setZero();
+  } else {
+    ws.var.resize(0);  // no stale estimate from an earlier solve
   }
 
   const bool augmented = params.scaling && opts.damp > 0;
@@ -192,6 +194,14 @@ Report<RealOf<typename Op::Scalar>> solve(Workspace<typename Op::Scalar>& ws, co
     report.r1norm = std::sqrt(std::abs(r1sq));
   }
   return report;
+}
+
+/// ‖x‖ in the coordinates the loop works in: ‖D⁻¹x‖ with a column scaling D, else ‖x‖. The
+/// stopping tests combine it with ‖Ā‖ of the (scaled) operator, so both must be in one system.
+template <class Scalar>
+RealOf<Scalar> loop_xnorm(const Vector<Scalar>& x, const Vector<RealOf<Scalar>>* d) {
+  if (d) return norm2(x.cwiseQuotient(d->template cast<Scalar>()));
+  return norm2(x);
 }
 
 /// Calls the monitor, if any; true when it asks to stop.

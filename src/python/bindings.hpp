@@ -125,8 +125,19 @@ struct PyCallback {
     PyArray<Scalar> arg(in.size());
     std::copy(in.data(), in.data() + in.size(), arg.mutable_data());
     py::object res = f(arg);
-    auto arr = PyArray<Scalar>::ensure(res);
-    if (!arr) throw py::error_already_set();
+    // A numeric array of the right kind: complex results of a real operator are an error,
+    // not silently truncated.
+    const py::array any = py::array::ensure(res);
+    const char kind = any ? any.dtype().kind() : '?';
+    const bool ok_kind = kind == 'f' || kind == 'i' || kind == 'u' || kind == 'b' ||
+                         (kind == 'c' && Eigen::NumTraits<Scalar>::IsComplex);
+    if (!ok_kind)
+      throw py::type_error(std::string("difflsq: ") + name + " must return a " +
+                           (Eigen::NumTraits<Scalar>::IsComplex ? "numeric" : "real") +
+                           " array, got " + (any ? py::str(any.dtype()).cast<std::string>()
+                                                 : std::string(py::str(res.get_type()))));
+    // Contiguous copy in the working dtype (a strided view is read through its strides).
+    const auto arr = py::array_t<Scalar, py::array::c_style | py::array::forcecast>::ensure(any);
     if (arr.size() != out_size)
       throw std::invalid_argument(std::string("difflsq: ") + name + " returned " +
                                   std::to_string(arr.size()) + " values, expected " +
@@ -171,6 +182,20 @@ void register_scalar(py::module_& m, const std::string& suffix) {
                 (indptr.size() > 0 && indptr.data()[outer] > data.size()))
               throw std::invalid_argument("difflsq: inconsistent sparse matrix arrays");
             const Index nnz = indptr.data()[outer];
+            // One O(nnz) pass so that a malformed matrix (check=False) cannot make the
+            // products read or write out of bounds.
+            const Index inner = csr ? cols : rows;
+            const StorageIndex* ptr = indptr.data();
+            const StorageIndex* idx = indices.data();
+            if (ptr[0] != 0)
+              throw std::invalid_argument("difflsq: sparse indptr must start at 0");
+            for (Index k = 0; k < outer; ++k)
+              if (ptr[k + 1] < ptr[k])
+                throw std::invalid_argument("difflsq: sparse indptr is not non-decreasing");
+            for (Index k = 0; k < nnz; ++k)
+              if (idx[k] < 0 || idx[k] >= inner)
+                throw std::invalid_argument("difflsq: sparse index " + std::to_string(idx[k]) +
+                                            " out of range [0, " + std::to_string(inner) + ")");
             if (csr) {
               Eigen::Map<const Eigen::SparseMatrix<Scalar, Eigen::RowMajor, StorageIndex>> map(
                   rows, cols, nnz, indptr.data(), indices.data(), data.data());

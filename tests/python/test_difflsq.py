@@ -246,3 +246,39 @@ def test_harwell_boeing_iteration_counts_match_scipy(name, method):
     else:  # both hit the iteration limit (illc): equally far along
         assert ours[2] == ref[2]
         assert ar(ours[0]) <= 5 * ar(ref[0])
+
+
+def test_strided_callback_results_are_read_correctly():
+    a, b = problem(30, 10, seed=17)
+    # matvec returns a non-contiguous view; rmatvec returns float32 (cast, not misread).
+    op = sla.LinearOperator(a.shape, matvec=lambda x: np.stack([a @ x, 0 * (a @ x)], 1)[:, 0],
+                            rmatvec=lambda u: (a.T @ u), dtype=np.float64)
+    x = difflsq.lsqr(op, b, atol=1e-12, btol=1e-12)[0]
+    np.testing.assert_allclose(x, np.linalg.lstsq(a, b, rcond=None)[0], rtol=1e-9)
+
+
+def test_callback_returning_complex_for_a_real_problem_is_a_type_error():
+    a, b = problem(20, 5, seed=18)
+    op = sla.LinearOperator(a.shape, matvec=lambda x: (a @ x) * (1 + 1j),
+                            rmatvec=lambda u: a.T @ u, dtype=np.float64)
+    with pytest.raises(TypeError, match="matvec"):
+        difflsq.lsqr(op, b)
+    op = sla.LinearOperator(a.shape, matvec=lambda x: np.array([None] * 20, dtype=object),
+                            rmatvec=lambda u: a.T @ u, dtype=np.float64)
+    with pytest.raises(TypeError, match="matvec"):
+        difflsq.lsmr(op, b)
+
+
+def test_malformed_sparse_arrays_are_rejected():
+    a = scipy.sparse.csr_matrix(np.eye(4))
+    bad = scipy.sparse.csr_matrix((a.data, a.indices.copy(), a.indptr), shape=(4, 4))
+    bad.indices[2] = 17
+    with pytest.raises(ValueError, match="out of range"):
+        difflsq.lsqr(bad, np.ones(4))
+
+
+def test_zero_iteration_limit_reports_the_limit():
+    a, b = problem(20, 5, seed=19, dtype=np.float32)
+    x, istop, itn, r1, r2, anorm, acond, arnorm, xnorm, var = difflsq.lsqr(a, b, iter_lim=0)
+    assert istop == 7 and itn == 0 and not x.any() and var.dtype == np.float32
+    assert arnorm == pytest.approx(np.linalg.norm(a.T @ b), rel=1e-5)

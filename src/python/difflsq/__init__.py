@@ -146,12 +146,18 @@ def _solve(method, A, b, damp, atol, btol, conlim, maxiter, show, calc_var, x0):
 
 
 def _zero_iterations(method, A, kind, b, x0, n, dtype):
-    """maxiter = 0: no iteration; x = x0 (or 0) with istop 7, as SciPy returns it."""
+    """An iteration limit of 0: x = x0 (or 0), no iteration.
+
+    SciPy reports istop 0 ("x = 0 is the exact solution") here whatever b is; difflsq reports 7
+    (iteration limit) unless r0 = 0 or A^H r0 = 0, so that a non-solution never looks converged.
+    """
     x = np.zeros(n, dtype=dtype) if x0 is None else x0.copy()
     r = b - (A @ x if kind != "operator" else A.matvec(x))
     rn = float(np.linalg.norm(r))
-    result = (x, 0 if rn == 0 else 7, 0, rn, rn, 0.0, 0.0, 0.0, float(np.linalg.norm(x)),
-              np.zeros(n))
+    arn = float(np.linalg.norm(A.T.conj() @ r if kind != "operator" else A.rmatvec(r)))
+    istop = 0 if rn == 0 or arn == 0 else 7
+    real = np.zeros(0, dtype=dtype).real.dtype
+    result = (x, istop, 0, rn, rn, 0.0, 0.0, arn, float(np.linalg.norm(x)), np.zeros(n, real))
     return _shape(method, result)
 
 
