@@ -40,9 +40,11 @@ test: build test-asan fuzz
 test-asan: deps
 	cmake -S . -B $(BUILD_SAN) -DCMAKE_BUILD_TYPE=Debug -DDIFFLSQ_BUILD_PYTHON=OFF \
 	  -DDIFFLSQ_BUILD_BENCH=OFF -DDIFFLSQ_BUILD_CLI=OFF \
-	  "-DCMAKE_CXX_FLAGS=-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
+	  "-DCMAKE_CXX_FLAGS=-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fsanitize-recover=alignment -fno-omit-frame-pointer"
 	cmake --build $(BUILD_SAN) -j $(JOBS) --target difflsq_tests
-	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD_SAN)/tests/difflsq_tests
+	ASAN_OPTIONS=detect_leaks=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=$(CURDIR)/tests/ubsan.supp \
+	  $(BUILD_SAN)/tests/difflsq_tests
 
 # The Matrix Market reader under libFuzzer for a bounded time.
 fuzz: deps

@@ -65,3 +65,48 @@ TEST_CASE("Eigen Map and Ref of dense matrices are accepted without copies") {
   CHECK(r1.x == r3.x);
   CHECK(&as_operator(map).matrix() == &map);
 }
+
+TEST_CASE_TEMPLATE("CompressedOperator equals Eigen's products: CSR/CSC, uncompressed, threads",
+                   Scalar, double, std::complex<float>) {
+  using Real = RealOf<Scalar>;
+  std::mt19937_64 gen(4);
+  std::bernoulli_distribution keep(0.05);
+  std::vector<Eigen::Triplet<Scalar>> t;
+  const Mat<Scalar> vals = random_matrix<Scalar>(300, 170, gen);
+  for (int i = 0; i < 300; ++i)
+    for (int j = 0; j < 170; ++j)
+      if (keep(gen)) t.emplace_back(i, j, vals(i, j));
+  Eigen::SparseMatrix<Scalar, Eigen::RowMajor> csr(300, 170);
+  csr.setFromTriplets(t.begin(), t.end());
+  const Eigen::SparseMatrix<Scalar, Eigen::ColMajor> csc = csr;
+  Eigen::SparseMatrix<Scalar, Eigen::RowMajor> loose = csr;  // uncompressed: room per row
+  loose.reserve(Eigen::VectorXi::Constant(300, 3));
+  loose.coeffRef(5, 7) += Scalar(Real(1));
+  REQUIRE(!loose.isCompressed());
+  const Vector<Scalar> x = random_vector<Scalar>(170, gen), u = random_vector<Scalar>(300, gen);
+  const Vector<Scalar> y0 = random_vector<Scalar>(300, gen), v0 = random_vector<Scalar>(170, gen);
+  const Real a = Real(0.7), tol = 50 * std::numeric_limits<Real>::epsilon();
+  auto check = [&](const auto& mat, int threads) {
+    CompressedOperator op(mat, threads);
+    const Vector<Scalar> ref_y = mat * x - Scalar(a) * y0;
+    const Vector<Scalar> ref_v = mat.adjoint() * u - Scalar(a) * v0;
+    Vector<Scalar> y = y0, v = v0;
+    const Real ny = op.apply_sub_norm2(x, y, a), nv = op.apply_adjoint_sub_norm2(u, v, a);
+    CHECK((y - ref_y).norm() <= tol * ref_y.norm());
+    CHECK((v - ref_v).norm() <= tol * ref_v.norm());
+    CHECK(std::abs(ny - ref_y.squaredNorm()) <= tol * ref_y.squaredNorm());
+    CHECK(std::abs(nv - ref_v.squaredNorm()) <= tol * ref_v.squaredNorm());
+    op.apply(x, y);
+    CHECK((y - mat * x).norm() <= tol * y.norm());
+    op.apply_adjoint(u, v);
+    CHECK((v - mat.adjoint() * u).norm() <= tol * v.norm());
+  };
+  for (int threads : {1, 2, 3}) {
+    CAPTURE(threads);
+    check(csr, threads);
+    check(csc, threads);
+    check(loose, threads);
+  }
+  // The solvers pick it for Eigen sparse matrices and get the same answer as a dense solve.
+  static_assert(std::is_same_v<OperatorOf<decltype(csr)>, CompressedOperator<decltype(csr)>>);
+}

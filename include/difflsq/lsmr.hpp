@@ -103,9 +103,8 @@ struct LsmrMethod {
         --itn;
         break;
       }
-      hbar = h + hbar_coef * hbar;
-      add_to_x(ws.x, x_coef, hbar, p.scaling);
-      h = v + h_coef * h;
+      const Real normx = norm_from_squares(
+          lsmr_update(ws.x, h, hbar, v, hbar_coef, x_coef, h_coef, p.scaling), ws.x);
 
       // Estimate of ‖r_k‖ [FS11, §3.4]: apply P̂_k, P_k to (β̈, 0), then P̃_{k−1}.
       const Real betaacute = chat * betadd, betacheck = -shat * betadd;
@@ -131,7 +130,6 @@ struct LsmrMethod {
       const Real condA = std::max(maxrbar, rhotemp) / std::min(minrbar, rhotemp);
 
       const Real normar = std::abs(zetabar);
-      const Real normx = norm2(ws.x);
       rep.r2norm = normr;
       rep.r1norm = normr;  // corrected for damping below when it matters
       rep.arnorm = normar;

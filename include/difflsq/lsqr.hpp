@@ -91,15 +91,14 @@ struct LsqrMethod {
         --itn;
         break;
       }
-      ddnorm += w.squaredNorm() / (rho * rho);  // ‖d_k‖², d_k = w/ρ, for cond(Ā) [PS82, §5.3]
-      if (p.calc_var) {  // var += |D d_k|², diag((ĀᴴĀ)⁻¹) estimate [PS82, §5.4]
+      if (p.calc_var) {  // var += |D d_k|², d_k = w/ρ: diag((ĀᴴĀ)⁻¹) estimate [PS82, §5.4]
         if (p.scaling)
           ws.var += (p.scaling->cwiseProduct(w.cwiseAbs()) / rho).cwiseAbs2();
         else
           ws.var += (w.cwiseAbs() / rho).cwiseAbs2();
       }
-      add_to_x(ws.x, t1, w, p.scaling);
-      w = v + t2 * w;
+      // ‖d_k‖² for cond(Ā) [PS82, §5.3]; x += t1·w; w = v + t2·w, in one pass.
+      ddnorm += lsqr_update(ws.x, w, v, t1, t2, p.scaling) / (rho * rho);
 
       // ‖x‖ estimate via a second rotation on the lower bidiagonal [PS82, §5.2].
       const Real delta = sn2 * rho, gambar = -cs2 * rho;

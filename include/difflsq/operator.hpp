@@ -27,6 +27,7 @@
 #include <utility>
 
 #include "options.hpp"
+#include "sparse.hpp"
 
 namespace difflsq {
 
@@ -68,7 +69,8 @@ class DenseOperator {
   const Matrix* a_;
 };
 
-/// Sparse matrix adapter (Eigen::SparseMatrix of either storage order, or a Map of one).
+/// Sparse matrix adapter through Eigen's own products, for sparse expressions that have no
+/// compressed storage. Matrices and Maps get CompressedOperator (sparse.hpp).
 template <class Matrix>
 class SparseOperator {
  public:
@@ -159,6 +161,8 @@ template <class T>
 inline constexpr bool is_dense_v = std::is_base_of_v<Eigen::MatrixBase<T>, T>;
 template <class T>
 inline constexpr bool is_sparse_v = std::is_base_of_v<Eigen::SparseMatrixBase<T>, T>;
+template <class T>
+inline constexpr bool is_compressed_v = std::is_base_of_v<Eigen::SparseCompressedBase<T>, T>;
 }  // namespace detail
 
 /// Anything the solvers accept: an operator, or an Eigen dense/sparse matrix.
@@ -176,6 +180,8 @@ decltype(auto) as_operator(const A& a) {
                       std::is_base_of_v<Eigen::MapBase<A, Eigen::ReadOnlyAccessors>, A>,
                   "difflsq: pass a dense matrix, Map or Ref, not an unevaluated expression");
     return DenseOperator<A>(a);
+  } else if constexpr (detail::is_compressed_v<A>) {
+    return CompressedOperator<A>(a);
   } else {
     return SparseOperator<A>(a);
   }

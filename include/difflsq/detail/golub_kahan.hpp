@@ -42,18 +42,30 @@ struct GolubKahan {
 
   /// β u ← A v − α u; returns β.
   Real step_u(Real alpha_k) {
-    apply_minus_scaled(op, ws.v, ws.u, alpha_k, ws.tmp_m);
+    Real b;
+    if constexpr (HasFusedNorm<Op>) {  // product, update and ‖u‖² in one pass
+      b = norm_from_squares(op.apply_sub_norm2(ws.v, ws.u, alpha_k), ws.u);
+    } else {
+      apply_minus_scaled(op, ws.v, ws.u, alpha_k, ws.tmp_m);
+      b = norm2(ws.u);
+    }
     ++rep.matvecs;
-    const Real b = check(norm2(ws.u));
+    b = check(b);
     if (b > 0) ws.u *= Scalar(1 / b);
     return b;
   }
 
   /// α v ← Aᴴ u − β v; returns α.
   Real step_v(Real beta_k) {
-    apply_adjoint_minus_scaled(op, ws.u, ws.v, beta_k, ws.tmp_n);
+    Real a;
+    if constexpr (HasFusedNorm<Op>) {
+      a = norm_from_squares(op.apply_adjoint_sub_norm2(ws.u, ws.v, beta_k), ws.v);
+    } else {
+      apply_adjoint_minus_scaled(op, ws.u, ws.v, beta_k, ws.tmp_n);
+      a = norm2(ws.v);
+    }
     ++rep.rmatvecs;
-    const Real a = check(norm2(ws.v));
+    a = check(a);
     if (a > 0) ws.v *= Scalar(1 / a);
     return a;
   }

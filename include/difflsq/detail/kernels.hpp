@@ -21,6 +21,15 @@ auto norm2(const V& v) {
   return s;
 }
 
+/// ‖v‖ from a fused sum of squares: its square root, unless that overflowed while v is finite
+/// (entries above ~1e154 in double), then the scaled norm.
+template <class Real, class V>
+Real norm_from_squares(Real sum_of_squares, const V& v) {
+  Real s = std::sqrt(sum_of_squares);
+  if (!std::isfinite(s) && v.allFinite()) s = v.stableNorm();
+  return s;
+}
+
 /// Stable Givens rotation [Choi 2006, SymOrtho]: c, s, r with c·a + s·b = r = hypot(a, b) ≥ 0
 /// and −s·a + c·b = 0. Mirrors SciPy's _sym_ortho so that iterates match it.
 template <class Real>
@@ -48,6 +57,71 @@ concept HasApplyAdd = requires(const Op& op, Eigen::Ref<const Vector<typename Op
                                Eigen::Ref<Vector<typename Op::Scalar>> out) {
   op.apply_add(in, out);
   op.apply_adjoint_add(in, out);
+};
+
+/// LSQR's vector work of one iteration in one pass [PS82, (4.12)]: returns ‖w‖² (before the
+/// update) and does x += t1·D w, w = v + t2·w (D = diag(d), or I when d is null).
+template <class Scalar>
+RealOf<Scalar> lsqr_update(Vector<Scalar>& x, Vector<Scalar>& w, const Vector<Scalar>& v,
+                           RealOf<Scalar> t1, RealOf<Scalar> t2,
+                           const Vector<RealOf<Scalar>>* d) {
+  using Real = RealOf<Scalar>;
+  const Index n = x.size();
+  Scalar* xp = x.data();
+  Scalar* wp = w.data();
+  const Scalar* vp = v.data();
+  Real ww = 0;
+  if (d) {
+    const Real* dp = d->data();
+    for (Index j = 0; j < n; ++j) {
+      const Scalar wj = wp[j];
+      ww += Eigen::numext::abs2(wj);
+      xp[j] += (t1 * dp[j]) * wj;
+      wp[j] = vp[j] + t2 * wj;
+    }
+  } else {
+    for (Index j = 0; j < n; ++j) {
+      const Scalar wj = wp[j];
+      ww += Eigen::numext::abs2(wj);
+      xp[j] += t1 * wj;
+      wp[j] = vp[j] + t2 * wj;
+    }
+  }
+  return ww;
+}
+
+/// LSMR's vector work of one iteration in one pass [FS11, (3.3)]: h̄ = h + c_hbar·h̄,
+/// x += c_x·D h̄, h = v + c_h·h; returns ‖x‖² after the update.
+template <class Scalar>
+RealOf<Scalar> lsmr_update(Vector<Scalar>& x, Vector<Scalar>& h, Vector<Scalar>& hbar,
+                           const Vector<Scalar>& v, RealOf<Scalar> c_hbar, RealOf<Scalar> c_x,
+                           RealOf<Scalar> c_h, const Vector<RealOf<Scalar>>* d) {
+  using Real = RealOf<Scalar>;
+  const Index n = x.size();
+  Scalar* xp = x.data();
+  Scalar* hp = h.data();
+  Scalar* hb = hbar.data();
+  const Scalar* vp = v.data();
+  const Real* dp = d ? d->data() : nullptr;
+  Real xx = 0;
+  for (Index j = 0; j < n; ++j) {
+    const Scalar hbj = hp[j] + c_hbar * hb[j];
+    hb[j] = hbj;
+    const Scalar xj = xp[j] + (dp ? c_x * dp[j] : c_x) * hbj;
+    xp[j] = xj;
+    xx += Eigen::numext::abs2(xj);
+    hp[j] = vp[j] + c_h * hp[j];
+  }
+  return xx;
+}
+
+/// Operators that fuse y ← A x − a·y with the computation of ‖y‖² (CompressedOperator).
+template <class Op>
+concept HasFusedNorm = requires(const Op& op, Eigen::Ref<const Vector<typename Op::Scalar>> in,
+                                Eigen::Ref<Vector<typename Op::Scalar>> out,
+                                RealOf<typename Op::Scalar> a) {
+  op.apply_sub_norm2(in, out, a);
+  op.apply_adjoint_sub_norm2(in, out, a);
 };
 
 /// y ← A x − a·y. Uses apply_add when the operator has it (one pass less), else `tmp`.
