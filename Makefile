@@ -14,7 +14,7 @@ DEBS := build-essential cmake git pkg-config libeigen3-dev doctest-dev pybind11-
 
 CMAKE_FLAGS := -DPython3_EXECUTABLE=$(PYTHON) -DCMAKE_BUILD_TYPE=Release
 
-.PHONY: all deps build demo test test-cpp test-python test-asan fuzz bench clean
+.PHONY: all deps build demo test test-asan fuzz bench clean
 
 all: build
 
@@ -30,7 +30,9 @@ build: deps
 	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
 	cmake --build $(BUILD) -j $(JOBS)
 
-demo: build
+demo: deps
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+	cmake --build $(BUILD) -j $(JOBS) --target difflsq_cli
 	$(BUILD)/src/cli/difflsq demo --out $(BUILD)/demo
 
 test: build test-asan fuzz
@@ -56,8 +58,11 @@ fuzz: deps
 	$(BUILD_FUZZ)/src/io/fuzz_matrix_market -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
 	  $(BUILD_FUZZ)/corpus tests/fuzz_corpus
 
+# The benchmarks (minutes; not part of `make test`). See docs/benchmarks.md.
 bench: build
-	$(BUILD)/bench/bench_solvers
+	$(BUILD)/bench/bench_solvers --benchmark_repetitions=3 --benchmark_enable_random_interleaving=true \
+	  --benchmark_report_aggregates_only=true
+	PYTHONPATH=$(BUILD)/python $(PYTHON) bench/compare_scipy.py --repeat 3
 
 clean:
 	rm -rf $(BUILD) $(BUILD_SAN) $(BUILD_FUZZ)

@@ -98,7 +98,6 @@ class CompressedOperator {
 
  private:
   Index begin(Index k) const { return ptr_[k]; }
-  Index end(Index k) const { return nnz_ ? ptr_[k] + nnz_[k] : ptr_[k + 1]; }
 
   static Scalar maybe_conj(const Scalar& s, bool conj) {
     if constexpr (Eigen::NumTraits<Scalar>::IsComplex)
@@ -163,12 +162,18 @@ class CompressedOperator {
     const Scalar* u = in.data();
     Scalar* v = out.data();
     const Index n = inner_;
-    auto scatter = [&](Index lo, Index hi, Scalar* dst) {
+    auto scatter_rows = [&]<bool Compressed>(Index lo, Index hi, Scalar* dst) {
       for (Index k = lo; k < hi; ++k) {
         const Scalar uk = u[k];
-        if (uk == Scalar(0)) continue;
-        for (Index p = begin(k), e = end(k); p < e; ++p) dst[idx_[p]] += maybe_conj(val_[p], conj) * uk;
+        const Index e = Compressed ? Index(ptr_[k + 1]) : Index(ptr_[k] + nnz_[k]);
+        for (Index p = ptr_[k]; p < e; ++p) dst[idx_[p]] += maybe_conj(val_[p], conj) * uk;
       }
+    };
+    auto scatter = [&](Index lo, Index hi, Scalar* dst) {
+      if (nnz_)
+        scatter_rows.template operator()<false>(lo, hi, dst);
+      else
+        scatter_rows.template operator()<true>(lo, hi, dst);
     };
     if (threads_ == 1) {
       if (a == Scalar(0))
