@@ -86,8 +86,9 @@ TEST_CASE_TEMPLATE("CompressedOperator equals Eigen's products: CSR/CSC, uncompr
   const Vector<Scalar> x = random_vector<Scalar>(170, gen), u = random_vector<Scalar>(300, gen);
   const Vector<Scalar> y0 = random_vector<Scalar>(300, gen), v0 = random_vector<Scalar>(170, gen);
   const Real a = Real(0.7), tol = 50 * std::numeric_limits<Real>::epsilon();
-  auto check = [&](const auto& mat, int threads) {
-    CompressedOperator op(mat, threads);
+  auto check = [&](const auto& mat, int threads, bool transposed) {
+    CompressedOperator op(mat, SparseOptions{.threads = threads, .transposed_index = transposed});
+    CHECK(op.has_transposed_index() == transposed);
     const Vector<Scalar> ref_y = mat * x - Scalar(a) * y0;
     const Vector<Scalar> ref_v = mat.adjoint() * u - Scalar(a) * v0;
     Vector<Scalar> y = y0, v = v0;
@@ -101,12 +102,14 @@ TEST_CASE_TEMPLATE("CompressedOperator equals Eigen's products: CSR/CSC, uncompr
     op.apply_adjoint(u, v);
     CHECK((v - mat.adjoint() * u).norm() <= tol * v.norm());
   };
-  for (int threads : {1, 2, 3}) {
-    CAPTURE(threads);
-    check(csr, threads);
-    check(csc, threads);
-    check(loose, threads);
-  }
+  for (int threads : {1, 2, 3})
+    for (bool transposed : {false, true}) {
+      CAPTURE(threads);
+      CAPTURE(transposed);
+      check(csr, threads, transposed);
+      check(csc, threads, transposed);
+      check(loose, threads, transposed);
+    }
   // The solvers pick it for Eigen sparse matrices and get the same answer as a dense solve.
   static_assert(std::is_same_v<OperatorOf<decltype(csr)>, CompressedOperator<decltype(csr)>>);
 }

@@ -107,7 +107,9 @@ int solve_file(const difflsq::io::MatrixMarket& mm, const std::string& b_path,
   const auto start = Clock::now();
   auto o = options_from<Scalar>(s, start);
   if (s.scale) o.column_scaling = difflsq::column_scaling(csr);
-  const auto r = run_method(s.method, csr, b, o);
+  const difflsq::CompressedOperator op(
+      csr, difflsq::SparseOptions{.transposed_index = csr.nonZeros() <= (1 << 20)});
+  const auto r = run_method(s.method, op, b, o);
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   if (!s.quiet) std::fprintf(stderr, "\n");
   std::printf("A: %lld x %lld, %lld nonzeros%s\n", static_cast<long long>(csr.rows()),

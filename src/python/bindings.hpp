@@ -25,6 +25,9 @@ struct SolveArgs {
   bool show, calc_var;
 };
 
+/// Sparse matrices up to this many nonzeros get a transposed index (see CompressedOperator).
+inline constexpr Index kTransposedIndexNonzeros = 1 << 20;
+
 template <class Scalar>
 using PyArray = py::array_t<Scalar, py::array::forcecast>;
 
@@ -196,14 +199,17 @@ void register_scalar(py::module_& m, const std::string& suffix) {
               if (idx[k] < 0 || idx[k] >= inner)
                 throw std::invalid_argument("difflsq: sparse index " + std::to_string(idx[k]) +
                                             " out of range [0, " + std::to_string(inner) + ")");
+            // Up to kTransposedIndexNonzeros nonzeros a transposed index (at most 12 bytes a
+            // nonzero) makes both products gathers; larger matrices are not duplicated.
+            const SparseOptions sparse_options{.transposed_index = nnz <= kTransposedIndexNonzeros};
             if (csr) {
               Eigen::Map<const Eigen::SparseMatrix<Scalar, Eigen::RowMajor, StorageIndex>> map(
                   rows, cols, nnz, indptr.data(), indices.data(), data.data());
-              return run(SparseOperator<decltype(map)>(map), b, x0, args, true);
+              return run(CompressedOperator(map, sparse_options), b, x0, args, true);
             }
             Eigen::Map<const Eigen::SparseMatrix<Scalar, Eigen::ColMajor, StorageIndex>> map(
                 rows, cols, nnz, indptr.data(), indices.data(), data.data());
-            return run(SparseOperator<decltype(map)>(map), b, x0, args, true);
+            return run(CompressedOperator(map, sparse_options), b, x0, args, true);
           });
   };
   sparse(std::int32_t{});
