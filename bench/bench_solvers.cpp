@@ -239,6 +239,10 @@ class Runner {
     opts_.btol = 0;
     opts_.conlim = 0;
     if (m == Method::LsqrJacobi) opts_.column_scaling = p.col_scale;
+    // difflsq's sparse operator, built once as the Python module and the CLI build it: with a
+    // transposed index (both products gather) up to 2^20 nonzeros.
+    if (is_difflsq(m))
+      op_.emplace(p.a, difflsq::SparseOptions{.transposed_index = p.a.nonZeros() <= (1 << 20)});
     if (m == Method::EigenLscg) lscg_id_.compute(p.a);
     if (m == Method::EigenLscgDiag) lscg_diag_.compute(p.a);
     if (m == Method::CeresCgnr || is_direct(m)) ceres_ = &ceres_model(p);
@@ -255,15 +259,15 @@ class Runner {
       case Method::Lsqr:
       case Method::LsqrJacobi:
         opts_.max_iterations = k;
-        out.iterations = difflsq::lsqr(ws_, p_.a, p_.b, opts_).iterations;
+        out.iterations = difflsq::lsqr(ws_, *op_, p_.b, opts_).iterations;
         break;
       case Method::Lsmr:
         opts_.max_iterations = k;
-        out.iterations = difflsq::lsmr(ws_, p_.a, p_.b, opts_).iterations;
+        out.iterations = difflsq::lsmr(ws_, *op_, p_.b, opts_).iterations;
         break;
       case Method::Cgls:
         opts_.max_iterations = k;
-        out.iterations = difflsq::cgls(ws_, p_.a, p_.b, opts_).iterations;
+        out.iterations = difflsq::cgls(ws_, *op_, p_.b, opts_).iterations;
         break;
       case Method::EigenLscg:
         lscg_id_.setMaxIterations(k);
@@ -335,9 +339,9 @@ class Runner {
         }
         return difflsq::MonitorAction::Continue;
       };
-      if (m_ == Method::Lsmr) difflsq::lsmr(ws_, p_.a, p_.b, o);
-      else if (m_ == Method::Cgls) difflsq::cgls(ws_, p_.a, p_.b, o);
-      else difflsq::lsqr(ws_, p_.a, p_.b, o);
+      if (m_ == Method::Lsmr) difflsq::lsmr(ws_, *op_, p_.b, o);
+      else if (m_ == Method::Cgls) difflsq::cgls(ws_, *op_, p_.b, o);
+      else difflsq::lsqr(ws_, *op_, p_.b, o);
       return found;
     }
     auto ok = [&](int k) {
@@ -373,6 +377,7 @@ class Runner {
   Method m_;
   difflsq::Options<double> opts_;
   difflsq::Workspace<double> ws_;
+  std::optional<difflsq::CompressedOperator<Csr>> op_;  // difflsq methods only
   Eigen::LeastSquaresConjugateGradient<Csr, Eigen::IdentityPreconditioner> lscg_id_;
   Eigen::LeastSquaresConjugateGradient<Csr> lscg_diag_;
   CeresModel* ceres_ = nullptr;
