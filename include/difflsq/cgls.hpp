@@ -131,16 +131,14 @@ template <OperatorLike A>
 Report<RealOf<ScalarOf<A>>> cgls(Workspace<ScalarOf<A>>& ws, const A& a,
                                  Eigen::Ref<const Vector<ScalarOf<A>>> b,
                                  const Options<ScalarOf<A>>& opts = {}) {
-  return detail::solve<detail::CglsMethod>(ws, as_operator(a), b, opts);
+  return detail::solve_matrix<detail::CglsMethod>(ws, a, b, opts);
 }
 
 /// CGLS on A: returns x with the report. See the file comment for the method.
 template <OperatorLike A>
 Result<ScalarOf<A>> cgls(const A& a, Eigen::Ref<const Vector<ScalarOf<A>>> b,
                          const Options<ScalarOf<A>>& opts = {}) {
-  Workspace<ScalarOf<A>> ws;
-  auto report = cgls(ws, a, b, opts);
-  return detail::to_result(report, ws);
+  return detail::solve_matrix<detail::CglsMethod>(a, b, opts);
 }
 
 }  // namespace difflsq

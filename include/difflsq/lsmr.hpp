@@ -164,16 +164,14 @@ template <OperatorLike A>
 Report<RealOf<ScalarOf<A>>> lsmr(Workspace<ScalarOf<A>>& ws, const A& a,
                                  Eigen::Ref<const Vector<ScalarOf<A>>> b,
                                  const Options<ScalarOf<A>>& opts = {}) {
-  return detail::solve<detail::LsmrMethod>(ws, as_operator(a), b, opts);
+  return detail::solve_matrix<detail::LsmrMethod>(ws, a, b, opts);
 }
 
 /// LSMR on A: returns x with the report. See the file comment for the method.
 template <OperatorLike A>
 Result<ScalarOf<A>> lsmr(const A& a, Eigen::Ref<const Vector<ScalarOf<A>>> b,
                          const Options<ScalarOf<A>>& opts = {}) {
-  Workspace<ScalarOf<A>> ws;
-  auto report = lsmr(ws, a, b, opts);
-  return detail::to_result(report, ws);
+  return detail::solve_matrix<detail::LsmrMethod>(a, b, opts);
 }
 
 }  // namespace difflsq

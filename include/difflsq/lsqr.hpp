@@ -153,16 +153,14 @@ template <OperatorLike A>
 Report<RealOf<ScalarOf<A>>> lsqr(Workspace<ScalarOf<A>>& ws, const A& a,
                                  Eigen::Ref<const Vector<ScalarOf<A>>> b,
                                  const Options<ScalarOf<A>>& opts = {}) {
-  return detail::solve<detail::LsqrMethod>(ws, as_operator(a), b, opts);
+  return detail::solve_matrix<detail::LsqrMethod>(ws, a, b, opts);
 }
 
 /// LSQR on A: returns x with the report. See the file comment for the method.
 template <OperatorLike A>
 Result<ScalarOf<A>> lsqr(const A& a, Eigen::Ref<const Vector<ScalarOf<A>>> b,
                          const Options<ScalarOf<A>>& opts = {}) {
-  Workspace<ScalarOf<A>> ws;
-  auto report = lsqr(ws, a, b, opts);
-  return detail::to_result(report, ws);
+  return detail::solve_matrix<detail::LsqrMethod>(a, b, opts);
 }
 
 }  // namespace difflsq

@@ -43,12 +43,14 @@ concept LinearOperator = requires(const Op& op, Eigen::Ref<const Vector<typename
 
 // --- Eigen matrices -------------------------------------------------------------------------
 
-/// Dense matrix adapter (row- or column-major, or a Map/Block of one).
+/// Adapter for an Eigen matrix through Eigen's own products: dense matrices (row- or
+/// column-major, Map, Ref) and sparse expressions without compressed storage. Sparse matrices
+/// and Maps of them get CompressedOperator (sparse.hpp) instead.
 template <class Matrix>
-class DenseOperator {
+class EigenOperator {
  public:
   using Scalar = typename Matrix::Scalar;
-  explicit DenseOperator(const Matrix& a) : a_(&a) {}
+  explicit EigenOperator(const Matrix& a) : a_(&a) {}
   Index rows() const { return a_->rows(); }
   Index cols() const { return a_->cols(); }
   void apply(Eigen::Ref<const Vector<Scalar>> x, Eigen::Ref<Vector<Scalar>> y) const {
@@ -69,32 +71,10 @@ class DenseOperator {
   const Matrix* a_;
 };
 
-/// Sparse matrix adapter through Eigen's own products, for sparse expressions that have no
-/// compressed storage. Matrices and Maps get CompressedOperator (sparse.hpp).
 template <class Matrix>
-class SparseOperator {
- public:
-  using Scalar = typename Matrix::Scalar;
-  explicit SparseOperator(const Matrix& a) : a_(&a) {}
-  Index rows() const { return a_->rows(); }
-  Index cols() const { return a_->cols(); }
-  void apply(Eigen::Ref<const Vector<Scalar>> x, Eigen::Ref<Vector<Scalar>> y) const {
-    y.noalias() = *a_ * x;
-  }
-  void apply_adjoint(Eigen::Ref<const Vector<Scalar>> u, Eigen::Ref<Vector<Scalar>> v) const {
-    v.noalias() = a_->adjoint() * u;
-  }
-  void apply_add(Eigen::Ref<const Vector<Scalar>> x, Eigen::Ref<Vector<Scalar>> y) const {
-    y.noalias() += *a_ * x;
-  }
-  void apply_adjoint_add(Eigen::Ref<const Vector<Scalar>> u, Eigen::Ref<Vector<Scalar>> v) const {
-    v.noalias() += a_->adjoint() * u;
-  }
-  const Matrix& matrix() const { return *a_; }
-
- private:
-  const Matrix* a_;
-};
+using DenseOperator = EigenOperator<Matrix>;
+template <class Matrix>
+using SparseOperator = EigenOperator<Matrix>;
 
 // --- callbacks ------------------------------------------------------------------------------
 

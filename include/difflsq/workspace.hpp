@@ -228,6 +228,14 @@ Status stopping_test(Index itn, Index max_iterations, Real test1, Real test2, Re
   return s;
 }
 
+/// The body of every public solver function: with a workspace (solution left in ws.x)...
+template <class Method, OperatorLike A>
+Report<RealOf<ScalarOf<A>>> solve_matrix(Workspace<ScalarOf<A>>& ws, const A& a,
+                                         Eigen::Ref<const Vector<ScalarOf<A>>> b,
+                                         const Options<ScalarOf<A>>& opts) {
+  return solve<Method>(ws, as_operator(a), b, opts);
+}
+
 /// Turns a workspace report into a Result, moving the solution out.
 template <class Scalar>
 Result<Scalar> to_result(Report<RealOf<Scalar>> report, Workspace<Scalar>& ws) {
@@ -236,6 +244,15 @@ Result<Scalar> to_result(Report<RealOf<Scalar>> report, Workspace<Scalar>& ws) {
   r.x = std::move(ws.x);
   r.var = std::move(ws.var);
   return r;
+}
+
+/// ...and without one (returns x with the report).
+template <class Method, OperatorLike A>
+Result<ScalarOf<A>> solve_matrix(const A& a, Eigen::Ref<const Vector<ScalarOf<A>>> b,
+                                 const Options<ScalarOf<A>>& opts) {
+  Workspace<ScalarOf<A>> ws;
+  auto report = solve_matrix<Method>(ws, a, b, opts);
+  return to_result(report, ws);
 }
 
 }  // namespace detail
