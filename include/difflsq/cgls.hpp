@@ -32,14 +32,15 @@ struct CglsMethod {
 
   template <LinearOperator Op>
   static void run(const Op& op, Workspace<typename Op::Scalar>& ws,
-                  const LoopParams<typename Op::Scalar>& p, Report<RealOf<typename Op::Scalar>>& rep) {
+                  const LoopParams<typename Op::Scalar>& p,
+                  Report<RealOf<typename Op::Scalar>>& rep) {
     using Scalar = typename Op::Scalar;
     using Real = RealOf<Scalar>;
-    auto& r = ws.u;    // residual b − A x (length m)
-    auto& q = ws.wm;   // A p (length m)
-    auto& s = ws.v;    // Aᴴ r − damp² Δx (length n)
+    auto& r = ws.u;      // residual b − A x (length m)
+    auto& q = ws.wm;     // A p (length m)
+    auto& s = ws.v;      // Aᴴ r − damp² Δx (length n)
     auto& pdir = ws.w1;  // search direction (length n)
-    auto& dx = ws.w2;  // Δx = x − x0 in preconditioned coordinates (length n)
+    auto& dx = ws.w2;    // Δx = x − x0 in preconditioned coordinates (length n)
     const Real dampsq = p.damp * p.damp;
 
     op.apply_adjoint(r, s);
@@ -107,18 +108,16 @@ struct CglsMethod {
       rep.iterations = itn;
 
       const Real test1 = rep.r2norm / p.bnorm;
-      const Real test2 = rep.arnorm / (rep.anorm * rep.r2norm + std::numeric_limits<Real>::epsilon());
+      const Real test2 =
+          rep.arnorm / (rep.anorm * rep.r2norm + std::numeric_limits<Real>::epsilon());
       // No cond(A) estimate: test3 = 1 with ctol = 0 never fires.
       const Real xnorm_loop = p.scaling ? loop_xnorm(ws.x, p.scaling) : xnorm;
       rep.status = stopping_test(itn, p.max_iterations, test1, test2, Real(1), rep.anorm,
                                  xnorm_loop, p.bnorm, p.atol, p.btol, Real(0));
-      if (monitor_says_stop(p, IterationInfo<Scalar>{itn, ws.x, rep.r1norm, rep.r2norm,
-                                                       rep.arnorm, rep.anorm, Real(0), xnorm}) &&
-          rep.status == Status::ExactSolution) {
-        rep.status = Status::StoppedByMonitor;
+      if (end_of_iteration(p, rep,
+                           IterationInfo<Scalar>{itn, ws.x, rep.r1norm, rep.r2norm, rep.arnorm,
+                                                 rep.anorm, Real(0), xnorm}))
         break;
-      }
-      if (rep.status != Status::ExactSolution) break;
     }
     rep.iterations = itn;
   }

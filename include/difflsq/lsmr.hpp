@@ -27,7 +27,8 @@ struct LsmrMethod {
 
   template <LinearOperator Op>
   static void run(const Op& op, Workspace<typename Op::Scalar>& ws,
-                  const LoopParams<typename Op::Scalar>& p, Report<RealOf<typename Op::Scalar>>& rep) {
+                  const LoopParams<typename Op::Scalar>& p,
+                  Report<RealOf<typename Op::Scalar>>& rep) {
     using Scalar = typename Op::Scalar;
     using Real = RealOf<Scalar>;
     auto& v = ws.v;
@@ -140,18 +141,14 @@ struct LsmrMethod {
 
       const Real normx_loop = p.scaling ? loop_xnorm(ws.x, p.scaling) : normx;
       const Real test1 = normr / p.bnorm;
-      const Real test2 = (normA * normr) != 0 ? normar / (normA * normr)
-                                                : std::numeric_limits<Real>::infinity();
+      const Real test2 =
+          (normA * normr) != 0 ? normar / (normA * normr) : std::numeric_limits<Real>::infinity();
       const Real test3 = 1 / condA;
       rep.status = stopping_test(itn, p.max_iterations, test1, test2, test3, normA, normx_loop,
                                  p.bnorm, p.atol, p.btol, p.ctol);
-      if (monitor_says_stop(p, IterationInfo<Scalar>{itn, ws.x, normr, normr, normar, normA,
-                                                       condA, normx}) &&
-          rep.status == Status::ExactSolution) {
-        rep.status = Status::StoppedByMonitor;
+      if (end_of_iteration(
+              p, rep, IterationInfo<Scalar>{itn, ws.x, normr, normr, normar, normA, condA, normx}))
         break;
-      }
-      if (rep.status != Status::ExactSolution) break;
     }
     rep.iterations = itn;
   }

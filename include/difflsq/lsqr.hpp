@@ -25,7 +25,8 @@ struct LsqrMethod {
 
   template <LinearOperator Op>
   static void run(const Op& op, Workspace<typename Op::Scalar>& ws,
-                  const LoopParams<typename Op::Scalar>& p, Report<RealOf<typename Op::Scalar>>& rep) {
+                  const LoopParams<typename Op::Scalar>& p,
+                  Report<RealOf<typename Op::Scalar>>& rep) {
     using Scalar = typename Op::Scalar;
     using Real = RealOf<Scalar>;
     constexpr Real eps = std::numeric_limits<Real>::epsilon();
@@ -42,7 +43,7 @@ struct LsqrMethod {
     Real alpha = gk.alpha, beta = gk.beta;
     w = v;
     const Real dampsq = p.damp * p.damp;
-    Real rhobar = alpha, phibar = beta;                  // [PS82, (4.12)] initial values
+    Real rhobar = alpha, phibar = beta;  // [PS82, (4.12)] initial values
     Real anorm = 0, acond = 0, ddnorm = 0, res2 = 0, xnorm = 0, xxnorm = 0, z = 0;
     Real cs2 = -1, sn2 = 0;
     Real rnorm = beta;
@@ -131,15 +132,12 @@ struct LsqrMethod {
       const Real test1 = rnorm / p.bnorm;
       const Real test2 = rep.arnorm / (anorm * rnorm + eps);
       const Real test3 = 1 / (acond + eps);
-      rep.status = stopping_test(itn, p.max_iterations, test1, test2, test3, anorm, xnorm,
-                                 p.bnorm, p.atol, p.btol, p.ctol);
-      if (monitor_says_stop(p, IterationInfo<Scalar>{itn, ws.x, rep.r1norm, rep.r2norm,
-                                                       rep.arnorm, anorm, acond, xnorm}) &&
-          rep.status == Status::ExactSolution) {
-        rep.status = Status::StoppedByMonitor;
+      rep.status = stopping_test(itn, p.max_iterations, test1, test2, test3, anorm, xnorm, p.bnorm,
+                                 p.atol, p.btol, p.ctol);
+      if (end_of_iteration(p, rep,
+                           IterationInfo<Scalar>{itn, ws.x, rep.r1norm, rep.r2norm, rep.arnorm,
+                                                 anorm, acond, xnorm}))
         break;
-      }
-      if (rep.status != Status::ExactSolution) break;
     }
     rep.iterations = itn;
   }

@@ -4,8 +4,9 @@
 //
 //     using Scalar = ...;
 //     Index rows() const;  Index cols() const;
-//     void apply(Eigen::Ref<const Vector<Scalar>> x, Eigen::Ref<Vector<Scalar>> y) const;          // y = A x
-//     void apply_adjoint(Eigen::Ref<const Vector<Scalar>> u, Eigen::Ref<Vector<Scalar>> v) const;  // v = Aᴴ u
+//     void apply(Eigen::Ref<const Vector<Scalar>> x, Eigen::Ref<Vector<Scalar>> y) const; // y = A
+//     x void apply_adjoint(Eigen::Ref<const Vector<Scalar>> u, Eigen::Ref<Vector<Scalar>> v) const;
+//     // v = Aᴴ u
 //
 // Outputs are pre-sized by the caller and overwritten. Operators may additionally offer
 // `apply_add(x, y)` (y += A x) and `apply_adjoint_add(u, v)` (v += Aᴴ u), which the solvers use
@@ -88,8 +89,8 @@ class CallbackOperator {
   CallbackOperator(Index rows, Index cols, MatVec matvec, RMatVec rmatvec)
       : rows_(rows), cols_(cols), matvec_(std::move(matvec)), rmatvec_(std::move(rmatvec)) {
     if (rows < 0 || cols < 0)
-      throw std::invalid_argument("difflsq::make_operator: negative size " +
-                                  std::to_string(rows) + " x " + std::to_string(cols));
+      throw std::invalid_argument("difflsq::make_operator: negative size " + std::to_string(rows) +
+                                  " x " + std::to_string(cols));
   }
   Index rows() const { return rows_; }
   Index cols() const { return cols_; }
@@ -176,7 +177,8 @@ using ScalarOf = typename OperatorOf<A>::Scalar;
 /// The adjoint view of A (an operator or a matrix).
 template <OperatorLike A>
 auto adjoint(const A& a) {
-  static_assert(LinearOperator<A>, "difflsq::adjoint: for a matrix use M.adjoint() or as_operator(M)");
+  static_assert(LinearOperator<A>,
+                "difflsq::adjoint: for a matrix use M.adjoint() or as_operator(M)");
   return AdjointOperator<A>(a);
 }
 

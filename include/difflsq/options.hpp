@@ -34,9 +34,9 @@ using RealOf = typename Eigen::NumTraits<Scalar>::Real;
 
 /// Why a solve stopped. Values 0–7 equal SciPy's `istop`; 8 and 9 are difflsq's own.
 enum class Status : int {
-  ExactSolution = 0,        ///< b − A x0 = 0 (or Aᴴ(b − A x0) = 0): x = x0 solves (1) exactly
-  ResidualSmall = 1,        ///< ‖r‖ ≤ btol·‖b‖ + atol·‖A‖·‖x‖: Ax = b is solved to the tolerances
-  LeastSquaresSmall = 2,    ///< ‖Aᴴr‖ ≤ atol·‖A‖·‖r‖: the least-squares solution is good enough
+  ExactSolution = 0,  ///< b − A x0 = 0 (or Aᴴ(b − A x0) = 0): x = x0 solves (1) exactly
+  ResidualSmall = 1,  ///< ‖r‖ ≤ btol·‖b‖ + atol·‖A‖·‖x‖: Ax = b is solved to the tolerances
+  LeastSquaresSmall = 2,  ///< ‖Aᴴr‖ ≤ atol·‖A‖·‖r‖: the least-squares solution is good enough
   ConditionLimit = 3,       ///< the estimate of cond(Ā) exceeded conlim
   ResidualMachine = 4,      ///< as 1, with atol = btol = machine precision
   LeastSquaresMachine = 5,  ///< as 2, with atol = machine precision
@@ -55,17 +55,26 @@ constexpr bool converged(Status s) {
 
 inline const char* to_string(Status s) {
   switch (s) {
-    case Status::ExactSolution: return "the exact solution is x = x0";
-    case Status::ResidualSmall: return "Ax - b is small enough, given atol, btol";
-    case Status::LeastSquaresSmall: return "the least-squares solution is good enough, given atol";
-    case Status::ConditionLimit: return "the estimate of cond(Abar) has exceeded conlim";
-    case Status::ResidualMachine: return "Ax - b is small enough for this machine";
+    case Status::ExactSolution:
+      return "the exact solution is x = x0";
+    case Status::ResidualSmall:
+      return "Ax - b is small enough, given atol, btol";
+    case Status::LeastSquaresSmall:
+      return "the least-squares solution is good enough, given atol";
+    case Status::ConditionLimit:
+      return "the estimate of cond(Abar) has exceeded conlim";
+    case Status::ResidualMachine:
+      return "Ax - b is small enough for this machine";
     case Status::LeastSquaresMachine:
       return "the least-squares solution is good enough for this machine";
-    case Status::ConditionMachine: return "cond(Abar) seems to be too large for this machine";
-    case Status::IterationLimit: return "the iteration limit has been reached";
-    case Status::NonFinite: return "the operator produced a non-finite value (Inf or NaN)";
-    case Status::StoppedByMonitor: return "stopped by the monitor callback";
+    case Status::ConditionMachine:
+      return "cond(Abar) seems to be too large for this machine";
+    case Status::IterationLimit:
+      return "the iteration limit has been reached";
+    case Status::NonFinite:
+      return "the operator produced a non-finite value (Inf or NaN)";
+    case Status::StoppedByMonitor:
+      return "stopped by the monitor callback";
   }
   return "unknown status";
 }
@@ -77,14 +86,14 @@ enum class MonitorAction { Continue, Stop };
 template <class Scalar>
 struct IterationInfo {
   using Real = RealOf<Scalar>;
-  Index iteration;        ///< 1-based iteration number
+  Index iteration;          ///< 1-based iteration number
   const Vector<Scalar>& x;  ///< the current iterate (do not keep the reference)
-  Real r1norm;            ///< ‖b − A x‖ (LSMR with damp > 0: the damped residual, its only estimate)
-  Real r2norm;            ///< sqrt(‖b − A x‖² + damp²‖x − x0‖²)
-  Real arnorm;            ///< ‖Aᴴ(b − A x) − damp²(x − x0)‖
-  Real anorm;             ///< estimate of ‖Ā‖_F, Ā = [A; damp·I]
-  Real acond;             ///< estimate of cond(Ā)
-  Real xnorm;             ///< ‖x‖ (LSQR: ‖x − x0‖)
+  Real r1norm;  ///< ‖b − A x‖ (LSMR with damp > 0: the damped residual, its only estimate)
+  Real r2norm;  ///< sqrt(‖b − A x‖² + damp²‖x − x0‖²)
+  Real arnorm;  ///< ‖Aᴴ(b − A x) − damp²(x − x0)‖
+  Real anorm;   ///< estimate of ‖Ā‖_F, Ā = [A; damp·I]
+  Real acond;   ///< estimate of cond(Ā)
+  Real xnorm;   ///< ‖x‖ (LSQR: ‖x − x0‖)
 };
 
 /// Solver options. Defaults are SciPy's. Usable with designated initializers:
@@ -163,10 +172,10 @@ struct Report {
   Index rmatvecs = 0;  ///< applications of Aᴴ
   Real r1norm = 0;     ///< ‖b − A x‖
   Real r2norm = 0;     ///< sqrt(‖b − A x‖² + damp²‖x − x0‖²)
-  Real arnorm = 0;     ///< ‖Aᴴ(b − A x) − damp²(x − x0)‖, the normal-equations residual
-  Real anorm = 0;      ///< estimate of ‖Ā‖ (Frobenius norm of the bidiagonal so far)
-  Real acond = 0;      ///< estimate of cond(Ā) (CGLS: not estimated, 0)
-  Real xnorm = 0;      ///< ‖x‖ (LSQR: estimate of ‖x − x0‖, as SciPy)
+  Real arnorm = 0;  ///< ‖Aᴴ(b − A x) − damp²(x − x0)‖, the normal-equations residual
+  Real anorm = 0;   ///< estimate of ‖Ā‖ (Frobenius norm of the bidiagonal so far)
+  Real acond = 0;   ///< estimate of cond(Ā) (CGLS: not estimated, 0)
+  Real xnorm = 0;   ///< ‖x‖ (LSQR: estimate of ‖x − x0‖, as SciPy)
   bool tolerances_clamped = false;  ///< atol or btol was raised to machine precision
 
   bool converged() const { return difflsq::converged(status); }

@@ -54,18 +54,19 @@ class CompressedOperator {
 #ifdef _OPENMP
     max_threads = omp_get_max_threads();
 #endif
-    threads_ = options.threads > 0 ? std::min(options.threads, max_threads)
+    threads_ = options.threads > 0                 ? std::min(options.threads, max_threads)
                : a.nonZeros() >= kParallelNonzeros ? max_threads
                                                    : 1;
-    threads_ = static_cast<int>(std::max<Index>(
-        1, std::min<Index>({Index(threads_), a.outerSize(), Index(kMaxThreads)})));
+    threads_ = static_cast<int>(
+        std::max<Index>(1, std::min<Index>({Index(threads_), a.outerSize(), Index(kMaxThreads)})));
     direct_ = storage(a.outerSize(), a.outerIndexPtr(), a.innerNonZeroPtr(), a.innerIndexPtr(),
                       a.valuePtr());
     if (options.transposed_index) build_transposed();
     if (threads_ > 1 && !options.transposed_index) buffers_.resize((threads_ - 1) * inner_);
   }
   /// Shorthand for SparseOptions{.threads = threads}.
-  CompressedOperator(const Matrix& a, int threads) : CompressedOperator(a, SparseOptions{threads}) {}
+  CompressedOperator(const Matrix& a, int threads)
+      : CompressedOperator(a, SparseOptions{threads}) {}
   // The transposed arrays are referred to by pointer: moving keeps them valid, copying would not.
   CompressedOperator(const CompressedOperator&) = delete;
   CompressedOperator& operator=(const CompressedOperator&) = delete;
@@ -167,8 +168,8 @@ class CompressedOperator {
   /// out ← op(A)·in − a·out with op = identity or ᴴ; a = 0 overwrites (out's old values,
   /// possibly uninitialized, are never read). Returns ‖out‖² when asked, else 0.
   template <bool Adjoint>
-  Real product(const Eigen::Ref<const Vector<Scalar>>& in, Eigen::Ref<Vector<Scalar>> out,
-               Scalar a, bool want_norm) const {
+  Real product(const Eigen::Ref<const Vector<Scalar>>& in, Eigen::Ref<Vector<Scalar>> out, Scalar a,
+               bool want_norm) const {
     // The direct layout gathers when the output is indexed by its outer dimension (CSR·x,
     // CSCᴴ·u); otherwise the transposed layout gathers, if there is one, else we scatter.
     constexpr bool direct_gathers = (kRowMajor != Adjoint);

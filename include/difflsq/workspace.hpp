@@ -18,10 +18,10 @@ namespace difflsq {
 /// the solution is in `x`.
 template <class Scalar>
 struct Workspace {
-  Vector<Scalar> x;                       ///< the solution (length n)
-  Vector<Scalar> u, v, w1, w2, wm;        ///< Golub–Kahan / CG vectors
+  Vector<Scalar> x;                        ///< the solution (length n)
+  Vector<Scalar> u, v, w1, w2, wm;         ///< Golub–Kahan / CG vectors
   Vector<Scalar> tmp_m, tmp_n, scale_tmp;  ///< operator scratch
-  Vector<RealOf<Scalar>> var;             ///< LSQR's calc_var estimate (sized only when asked)
+  Vector<RealOf<Scalar>> var;              ///< LSQR's calc_var estimate (sized only when asked)
 
   /// Sizes every vector for an operator with m rows (incl. augmentation) and n columns.
   void resize(Index m, Index n) {
@@ -36,9 +36,9 @@ namespace detail {
 template <class Scalar>
 struct LoopParams {
   using Real = RealOf<Scalar>;
-  Real damp;       ///< damping seen by the loop (0 when folded into an augmented operator)
+  Real damp;  ///< damping seen by the loop (0 when folded into an augmented operator)
   Real atol, btol, ctol;
-  Real bnorm;      ///< ‖b‖ used by the stopping tests
+  Real bnorm;  ///< ‖b‖ used by the stopping tests
   Index max_iterations;
   const std::function<MonitorAction(const IterationInfo<Scalar>&)>* monitor;
   const Vector<Real>* scaling;  ///< d of x = x0 + diag(d) y, or nullptr
@@ -120,8 +120,8 @@ Report<RealOf<typename Op::Scalar>> solve(Workspace<typename Op::Scalar>& ws, co
   using Real = RealOf<Scalar>;
   const Index m = op.rows(), n = op.cols();
   if (b.size() != m)
-    throw std::invalid_argument("difflsq: b has length " + std::to_string(b.size()) +
-                                " but A is " + std::to_string(m) + " x " + std::to_string(n));
+    throw std::invalid_argument("difflsq: b has length " + std::to_string(b.size()) + " but A is " +
+                                std::to_string(m) + " x " + std::to_string(n));
   if (!b.allFinite()) throw std::invalid_argument("difflsq: b contains a non-finite value");
   opts.validate(n);
 
@@ -204,10 +204,15 @@ RealOf<Scalar> loop_xnorm(const Vector<Scalar>& x, const Vector<RealOf<Scalar>>*
   return norm2(x);
 }
 
-/// Calls the monitor, if any; true when it asks to stop.
+/// The end of every iteration, after the stopping tests set rep.status: calls the monitor (if
+/// any; its Stop becomes StoppedByMonitor unless a test already stopped) and returns whether to
+/// leave the loop.
 template <class Scalar>
-bool monitor_says_stop(const LoopParams<Scalar>& p, const IterationInfo<Scalar>& info) {
-  return p.monitor && (*p.monitor)(info) == MonitorAction::Stop;
+bool end_of_iteration(const LoopParams<Scalar>& p, Report<RealOf<Scalar>>& rep,
+                      const IterationInfo<Scalar>& info) {
+  if (p.monitor && (*p.monitor)(info) == MonitorAction::Stop && rep.status == Status::ExactSolution)
+    rep.status = Status::StoppedByMonitor;
+  return rep.status != Status::ExactSolution;
 }
 
 /// SciPy's stopping tests [PS82 §6; FS11 §3.3], in SciPy's order of precedence. Returns the

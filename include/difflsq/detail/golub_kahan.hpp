@@ -1,6 +1,7 @@
 // difflsq — the Golub–Kahan bidiagonalization step shared by LSQR and LSMR [PS82, §3]:
 //
-//     β₁u₁ = r0,  α₁v₁ = Aᴴu₁,   β_{k+1}u_{k+1} = A v_k − α_k u_k,   α_{k+1}v_{k+1} = Aᴴu_{k+1} − β_{k+1}v_k.
+//     β₁u₁ = r0,  α₁v₁ = Aᴴu₁,   β_{k+1}u_{k+1} = A v_k − α_k u_k,   α_{k+1}v_{k+1} = Aᴴu_{k+1} −
+//     β_{k+1}v_k.
 //
 // A non-finite α or β (the operator produced Inf/NaN) clears `finite`; the caller stops with
 // Status::NonFinite before touching x.

@@ -63,8 +63,7 @@ concept HasApplyAdd = requires(const Op& op, Eigen::Ref<const Vector<typename Op
 /// update) and does x += t1·D w, w = v + t2·w (D = diag(d), or I when d is null).
 template <class Scalar>
 RealOf<Scalar> lsqr_update(Vector<Scalar>& x, Vector<Scalar>& w, const Vector<Scalar>& v,
-                           RealOf<Scalar> t1, RealOf<Scalar> t2,
-                           const Vector<RealOf<Scalar>>* d) {
+                           RealOf<Scalar> t1, RealOf<Scalar> t2, const Vector<RealOf<Scalar>>* d) {
   using Real = RealOf<Scalar>;
   const Index n = x.size();
   Scalar* xp = x.data();
@@ -127,8 +126,7 @@ concept HasFusedNorm = requires(const Op& op, Eigen::Ref<const Vector<typename O
 /// y ← A x − a·y. Uses apply_add when the operator has it (one pass less), else `tmp`.
 template <class Op, class Real>
 void apply_minus_scaled(const Op& op, const Vector<typename Op::Scalar>& x,
-                        Vector<typename Op::Scalar>& y, Real a,
-                        Vector<typename Op::Scalar>& tmp) {
+                        Vector<typename Op::Scalar>& y, Real a, Vector<typename Op::Scalar>& tmp) {
   if constexpr (HasApplyAdd<Op>) {
     y *= -a;
     op.apply_add(x, y);
