@@ -100,31 +100,11 @@ inline Eigen::VectorXd spread(Index k, double kappa, Index zeros = 0) {
   return s;
 }
 
-enum class Method { Lsqr, Lsmr, Cgls };
+using difflsq::Method;
 
-inline const char* name(Method m) {
-  return m == Method::Lsqr ? "LSQR" : m == Method::Lsmr ? "LSMR" : "CGLS";
-}
+inline const char* name(Method m) { return to_string(m); }
 
 inline constexpr Method kMethods[] = {Method::Lsqr, Method::Lsmr, Method::Cgls};
-
-template <class A, class B, class O>
-auto solve(Method method, const A& a, const B& b, const O& opts) {
-  switch (method) {
-    case Method::Lsqr: return lsqr(a, b, opts);
-    case Method::Lsmr: return lsmr(a, b, opts);
-    default: return cgls(a, b, opts);
-  }
-}
-
-template <class A, class B, class O>
-auto solve(Method method, Workspace<ScalarOf<A>>& ws, const A& a, const B& b, const O& opts) {
-  switch (method) {
-    case Method::Lsqr: return lsqr(ws, a, b, opts);
-    case Method::Lsmr: return lsmr(ws, a, b, opts);
-    default: return cgls(ws, a, b, opts);
-  }
-}
 
 /// Relative error of x against a double-precision reference.
 template <class Scalar, class W>

@@ -3,8 +3,11 @@
 
 #include "cgls.hpp"
 #include "lsmr.hpp"
+#include "layer.hpp"
 #include "lsqr.hpp"
+#include "method.hpp"
 #include "operator.hpp"
 #include "options.hpp"
+#include "parameterized.hpp"
 #include "preconditioner.hpp"
 #include "workspace.hpp"

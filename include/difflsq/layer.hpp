@@ -1,0 +1,374 @@
+// difflsq — the solve as a differentiable layer: forward pass, reverse mode (backward) and
+// forward mode (jvp) of
+//
+//     x(θ, b, λ) = argmin_x ‖A(θ) x − b‖² + λ² ‖x‖²   (minimum-norm where not unique)   (1)
+//
+// without storing iterates: the derivative rules are least-squares solves of their own
+// (docs/gradients.md derives every formula used below; equation numbers (G…) refer to it).
+//
+//     difflsq::LeastSquares<double> layer({.method = difflsq::Method::Lsmr});
+//     auto A = difflsq::parameterized(M);          // θ = entries of M
+//     auto fwd = layer.forward(A, b, 0.1);         // fwd.x, fwd.report
+//     auto grads = layer.backward(fwd, xbar);      // grads.b, grads.damp, grads.theta
+//     auto tan = layer.jvp(fwd, {.theta = Mdot, .b = bdot, .damp = 1.0});   // tan.x
+//
+// Real scalars (float, double). The operator passed to forward() must outlive the Forward
+// object. A LeastSquares object holds workspaces: use one per thread.
+#pragma once
+
+#include <Eigen/Core>
+#include <cstdio>
+#include <functional>
+#include <limits>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "method.hpp"
+#include "operator.hpp"
+#include "parameterized.hpp"
+
+namespace difflsq {
+
+/// What a solve that did not converge does (forward, backward and jvp solves alike).
+enum class FailurePolicy {
+  Raise,   ///< throw SolveError
+  Warn,    ///< call LeastSquaresOptions::warn (default: print to stderr) and go on
+  Ignore,  ///< go on; the statuses are in the returned records
+};
+
+/// Stopping rules of one kind of solve (the fields of Options with the same names).
+template <class Real>
+struct Tolerances {
+  Real atol = Real(1e-6);
+  Real btol = Real(1e-6);
+  Real conlim = Real(1e8);
+  Index max_iterations = 0;  ///< ≤ 0: the method's default
+};
+
+template <class Scalar>
+struct LeastSquaresOptions {
+  using Real = RealOf<Scalar>;
+  Method method = Method::Lsmr;
+  Tolerances<Real> forward{};
+  /// Tolerances of the solves in backward() and jvp(); by default the forward ones.
+  std::optional<Tolerances<Real>> backward{};
+  FailurePolicy on_failure = FailurePolicy::Raise;
+  /// Receives the message under FailurePolicy::Warn; by default it goes to stderr.
+  std::function<void(const std::string&)> warn{};
+};
+
+/// Thrown under FailurePolicy::Raise when a solve did not converge; names the solve.
+class SolveError : public std::runtime_error {
+ public:
+  SolveError(const std::string& what, Status status) : std::runtime_error(what), status_(status) {}
+  Status status() const { return status_; }
+
+ private:
+  Status status_;
+};
+
+/// One solve made by the layer: what it solved and how it ended.
+template <class Real>
+struct SolveRecord {
+  const char* role;
+  Report<Real> report;
+};
+
+/// The forward pass: the solution and report, plus what backward() and jvp() need (O(m + n)
+/// memory whatever the iteration count).
+template <LinearOperator Op>
+struct Forward {
+  using Scalar = typename Op::Scalar;
+  using Real = RealOf<Scalar>;
+  Vector<Scalar> x;     ///< the solution of (1)
+  Report<Real> report;  ///< the forward solve's report
+  // --- saved context ---
+  const Op* op = nullptr;
+  Vector<Scalar> b;
+  Vector<Scalar> r;  ///< b − A x
+  Real damp = 0;
+  /// z = (AAᵀ + λ²I)⁺ b, the dual solution (x = Aᵀz, r = λ²z), computed when a rule first needs
+  /// it and kept for later calls (G9).
+  std::optional<Vector<Scalar>> dual{};
+  bool residual_outside_range = false;  ///< r has a part in N(Aᵀ) above the solver's noise
+};
+
+/// Reverse mode: the cotangents of the inputs for a cotangent x̄ of x.
+template <class Scalar>
+struct Gradients {
+  using Real = RealOf<Scalar>;
+  Vector<Scalar> b;       ///< ∂L/∂b
+  Real damp = 0;          ///< ∂L/∂λ
+  Vector<Scalar> theta;   ///< ∂L/∂θ for a ParameterizedOperator, else empty
+  /// ∂L/∂A = Σ u vᵀ over these pairs, for operators whose parameters the caller handles.
+  std::vector<std::pair<Vector<Scalar>, Vector<Scalar>>> a_terms;
+  std::vector<SolveRecord<Real>> solves;  ///< the solves made, in order
+  bool converged() const {
+    for (const auto& s : solves)
+      if (!s.report.converged()) return false;
+    return true;
+  }
+};
+
+/// Forward mode: tangents of the inputs (absent = zero).
+template <class Scalar>
+struct Tangents {
+  std::optional<Vector<Scalar>> theta{};  ///< θ̇ (ParameterizedOperator only)
+  std::optional<Vector<Scalar>> b{};      ///< ḃ
+  RealOf<Scalar> damp = 0;                ///< λ̇
+};
+
+template <class Scalar>
+struct TangentResult {
+  using Real = RealOf<Scalar>;
+  Vector<Scalar> x;  ///< ẋ
+  std::vector<SolveRecord<Real>> solves;
+  bool converged() const {
+    for (const auto& s : solves)
+      if (!s.report.converged()) return false;
+    return true;
+  }
+};
+
+namespace detail {
+template <class Op>
+inline constexpr bool is_adjoint_v = false;
+template <class Op>
+inline constexpr bool is_adjoint_v<AdjointOperator<Op>> = true;
+}  // namespace detail
+
+template <class Scalar>
+class LeastSquares {
+ public:
+  using Real = RealOf<Scalar>;
+  static_assert(!Eigen::NumTraits<Scalar>::IsComplex,
+                "difflsq::LeastSquares: real scalars only (float, double)");
+
+  explicit LeastSquares(LeastSquaresOptions<Scalar> options = {}) : opts_(std::move(options)) {}
+  const LeastSquaresOptions<Scalar>& options() const { return opts_; }
+
+  /// Solves (1). Throws std::invalid_argument for bad input, SolveError (policy Raise) when the
+  /// solve does not converge.
+  template <LinearOperator Op>
+  Forward<Op> forward(const Op& a, Eigen::Ref<const Vector<Scalar>> b, Real damp = 0) {
+    static_assert(std::is_same_v<typename Op::Scalar, Scalar>, "operator scalar mismatch");
+    Forward<Op> f;
+    f.op = &a;
+    f.b = b;
+    f.damp = damp;
+    std::vector<SolveRecord<Real>> log;
+    f.x = run("forward: min |Ax - b|^2 + damp^2 |x|^2", a, b, damp, nullptr, opts_.forward, log);
+    f.report = log.back().report;
+    f.r.resize(a.rows());
+    a.apply(f.x, f.r);
+    f.r = f.b - f.r;
+    return f;
+  }
+
+  /// Reverse mode: b̄, λ̄ and θ̄ (or the factors of Ā) for the cotangent x̄ = ∂L/∂x.
+  template <LinearOperator Op>
+  Gradients<Scalar> backward(Forward<Op>& f, Eigen::Ref<const Vector<Scalar>> xbar) {
+    const Op& a = check_context(f);
+    const AdjointOperator<Op> at(a);
+    const Index m = a.rows(), n = a.cols();
+    if (xbar.size() != n)
+      throw std::invalid_argument("difflsq::LeastSquares::backward: xbar has length " +
+                                  std::to_string(xbar.size()) + ", expected " + std::to_string(n));
+    if (!xbar.allFinite())
+      throw std::invalid_argument("difflsq::LeastSquares::backward: xbar is not finite");
+    const Real lam = f.damp, lam2 = lam * lam;
+    const auto& tol = backward_tolerances();
+    Gradients<Scalar> g;
+    Vector<Scalar> tmp(n);
+    if (m >= n) {
+      // Tall (G5): split x̄ = Aᵀp + q, q the part of x̄ in N(A); y = (AᵀA + λ²I)⁻¹x̄.
+      const Vector<Scalar> p = run("backward: min |A^T p - xbar|", at, xbar, 0, nullptr, tol,
+                                   g.solves);
+      a.apply_adjoint(p, tmp);
+      const Vector<Scalar> q = xbar - tmp;
+      const bool null_part =
+          above_noise(q.norm(), xbar.norm(), g.solves.back().report.anorm, p.norm(), tol);
+      Vector<Scalar> y = run("backward: min |Ay - p|^2 + damp^2 |y|^2", a, p, lam, nullptr, tol,
+                             g.solves);
+      g.b.resize(m);
+      a.apply(y, g.b);                        // b̄ = A y (G3)
+      if (null_part && lam > 0) y += q / lam2;  // (AᵀA + λ²I)⁻¹q = q/λ² for q ∈ N(A)
+      g.damp = -2 * lam * f.x.dot(y);         // (G4)
+      g.a_terms.emplace_back(f.r, y);         // Ā = r yᵀ − b̄ xᵀ (G2)
+      g.a_terms.emplace_back(-g.b, f.x);
+      if (null_part && lam == 0) g.a_terms.emplace_back(dual(f, g.solves), q);  // (G7)
+    } else {
+      // Wide (G6): b̄ = (AAᵀ + λ²I)⁺ A x̄ directly; s = x̄ − Aᵀb̄ = λ²y; Ā = z sᵀ − b̄ xᵀ.
+      g.b = run("backward: min |A^T c - xbar|^2 + damp^2 |c|^2", at, xbar, lam, nullptr, tol,
+                g.solves);
+      a.apply_adjoint(g.b, tmp);
+      Vector<Scalar> s = xbar - tmp;
+      const Vector<Scalar>& z = dual(f, g.solves);
+      g.damp = -2 * lam * z.dot(g.b);
+      g.a_terms.emplace_back(z, std::move(s));
+      g.a_terms.emplace_back(-g.b, f.x);
+      if (f.residual_outside_range && lam == 0) {  // (G7)
+        Vector<Scalar> y = run("backward: min |Ay - c|", a, g.b, 0, nullptr, tol, g.solves);
+        g.a_terms.emplace_back(f.r, std::move(y));
+      }
+    }
+    if constexpr (ParameterizedOperator<Op>) {
+      g.theta = Vector<Scalar>::Zero(a.parameter_count());
+      for (const auto& [u, v] : g.a_terms) a.add_parameter_gradient(u, v, g.theta);
+    }
+    return g;
+  }
+
+  /// Forward mode: ẋ for tangents (θ̇, ḃ, λ̇).
+  template <LinearOperator Op>
+  TangentResult<Scalar> jvp(Forward<Op>& f, const Tangents<Scalar>& t) {
+    const Op& a = check_context(f);
+    const AdjointOperator<Op> at(a);
+    const Index m = a.rows(), n = a.cols();
+    const char* who = "difflsq::LeastSquares::jvp: ";
+    if (t.b && (t.b->size() != m || !t.b->allFinite()))
+      throw std::invalid_argument(std::string(who) + "tangent of b must be finite, of length " +
+                                  std::to_string(m));
+    if (!std::isfinite(t.damp))
+      throw std::invalid_argument(std::string(who) + "tangent of damp is not finite");
+    Vector<Scalar> ad_x, ad_r;  // Ȧx and Ȧᵀr
+    if (t.theta) {
+      if constexpr (ParameterizedOperator<Op>) {
+        if (t.theta->size() != a.parameter_count() || !t.theta->allFinite())
+          throw std::invalid_argument(std::string(who) + "tangent of theta must be finite, of " +
+                                      "length " + std::to_string(a.parameter_count()));
+        ad_x.resize(m);
+        ad_r.resize(n);
+        a.apply_derivative(*t.theta, f.x, ad_x);
+        a.apply_derivative_adjoint(*t.theta, f.r, ad_r);
+      } else {
+        throw std::invalid_argument(std::string(who) +
+                                    "a tangent of theta needs a ParameterizedOperator");
+      }
+    }
+    const Real lam = f.damp, lam2 = lam * lam, dlam = t.damp;
+    const auto& tol = backward_tolerances();
+    TangentResult<Scalar> out;
+    // (G8): (AᵀA + λ²I) ẋ = Aᵀc + w with c = ḃ − Ȧx and w = Ȧᵀr − 2λλ̇x.
+    Vector<Scalar> c = t.b ? *t.b : Vector<Scalar>::Zero(m);
+    if (t.theta) c -= ad_x;
+    if (lam > 0 && m >= n) {
+      Vector<Scalar> w = (-2 * lam * dlam) * f.x;
+      if (t.theta) w += ad_r;
+      if (w.squaredNorm() == 0) {
+        out.x = run("jvp: min |Ax' - c|^2 + damp^2 |x'|^2", a, c, lam, nullptr, tol, out.solves);
+        return out;
+      }
+      // Tall: split w = Aᵀp + q as in backward (G5).
+      const Vector<Scalar> p = run("jvp: min |A^T p - w|", at, w, 0, nullptr, tol, out.solves);
+      Vector<Scalar> q(n);
+      a.apply_adjoint(p, q);
+      q = w - q;
+      const bool null_part =
+          above_noise(q.norm(), w.norm(), out.solves.back().report.anorm, p.norm(), tol);
+      c += p;
+      out.x = run("jvp: min |Ax' - c - p|^2 + damp^2 |x'|^2", a, c, lam, nullptr, tol,
+                  out.solves);
+      if (null_part) out.x += q / lam2;
+      return out;
+    }
+    // Wide, or λ = 0 (G9): with the dual z (x = Aᵀz, r = λ²z), Aᵀc + w = Aᵀ(c − 2λλ̇z) + λ²Ȧᵀz,
+    // so ẋ = argmin |Ax' − (c − 2λλ̇z)|² + λ²|x' − Ȧᵀz|²: one solve started at x0 = Ȧᵀz.
+    const Vector<Scalar>& z = dual(f, out.solves);
+    if (lam > 0) c -= (2 * lam * dlam) * z;
+    std::optional<Vector<Scalar>> x0;
+    if constexpr (ParameterizedOperator<Op>) {
+      if (t.theta) {
+        x0.emplace(n);
+        a.apply_derivative_adjoint(*t.theta, z, *x0);
+      }
+    }
+    if (lam == 0 && f.residual_outside_range && t.theta) {
+      // λ = 0 with r ∉ range(A): the (AᵀA)⁺Ȧᵀr term needs its own solve (G7).
+      c += run("jvp: min |A^T p - A'^T r|", at, ad_r, 0, nullptr, tol, out.solves);
+    }
+    out.x = run("jvp: min |Ax' - c|^2 + damp^2 |x' - x0|^2", a, c, lam, x0 ? &*x0 : nullptr, tol,
+                out.solves);
+    return out;
+  }
+
+ private:
+  LeastSquaresOptions<Scalar> opts_;
+  Workspace<Scalar> ws_a_, ws_at_;  // solves with A and with Aᵀ (different sizes)
+
+  const Tolerances<Real>& backward_tolerances() const {
+    return opts_.backward ? *opts_.backward : opts_.forward;
+  }
+
+  template <LinearOperator Op>
+  static const Op& check_context(const Forward<Op>& f) {
+    if (!f.op) throw std::invalid_argument("difflsq::LeastSquares: empty forward context");
+    return *f.op;
+  }
+
+  /// Whether a residual-like vector of norm `norm` is more than what a solve with these
+  /// tolerances leaves behind: its test 1, ‖res‖ ≤ btol‖rhs‖ + atol‖A‖‖sol‖ [PS82 §6].
+  static bool above_noise(Real norm, Real rhs_norm, Real anorm, Real sol_norm,
+                          const Tolerances<Real>& tol) {
+    constexpr Real eps = std::numeric_limits<Real>::epsilon();
+    return norm > std::max(tol.btol, eps) * rhs_norm + std::max(tol.atol, eps) * anorm * sol_norm;
+  }
+
+  /// The dual solution z = (AAᵀ + λ²I)⁺b (G9): z_R = (Aᵀ)⁺x by a solve, plus the part of
+  /// r = λ²z outside range(A), which that solve cannot see, divided by λ².
+  template <LinearOperator Op>
+  const Vector<Scalar>& dual(Forward<Op>& f, std::vector<SolveRecord<Real>>& log) {
+    if (!f.dual) {
+      const AdjointOperator<Op> at(*f.op);
+      Vector<Scalar> z =
+          run("dual: min |A^T z - x|", at, f.x, 0, nullptr, backward_tolerances(), log);
+      const Real lam2 = f.damp * f.damp;
+      const Vector<Scalar> rn = f.r - lam2 * z;
+      f.residual_outside_range =
+          above_noise(rn.norm(), f.b.norm(), f.report.anorm, f.x.norm(), opts_.forward);
+      if (f.residual_outside_range && lam2 > 0) z += rn / lam2;
+      f.dual = std::move(z);
+    }
+    return *f.dual;
+  }
+
+  template <LinearOperator Op>
+  Vector<Scalar> run(const char* role, const Op& op, Eigen::Ref<const Vector<Scalar>> rhs,
+                     Real damp, const Vector<Scalar>* x0, const Tolerances<Real>& tol,
+                     std::vector<SolveRecord<Real>>& log) {
+    Options<Scalar> o;
+    o.damp = damp;
+    o.atol = tol.atol;
+    o.btol = tol.btol;
+    o.conlim = tol.conlim;
+    o.max_iterations = tol.max_iterations;
+    if (x0) o.x0 = *x0;
+    Workspace<Scalar>& ws = detail::is_adjoint_v<Op> ? ws_at_ : ws_a_;
+    const auto report = solve(opts_.method, ws, op, rhs, o);
+    log.push_back({role, report});
+    if (!report.converged()) fail(role, report);
+    return ws.x;
+  }
+
+  void fail(const char* role, const Report<Real>& report) const {
+    const std::string msg = std::string("difflsq: ") + role + ": " + to_string(report.status) +
+                            " after " + std::to_string(report.iterations) + " iterations";
+    switch (opts_.on_failure) {
+      case FailurePolicy::Raise:
+        throw SolveError(msg, report.status);
+      case FailurePolicy::Warn:
+        if (opts_.warn)
+          opts_.warn(msg);
+        else
+          std::fprintf(stderr, "warning: %s\n", msg.c_str());
+        break;
+      case FailurePolicy::Ignore:
+        break;
+    }
+  }
+};
+
+}  // namespace difflsq

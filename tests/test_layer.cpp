@@ -1,0 +1,496 @@
+// The differentiable layer (layer.hpp): reverse and forward mode against finite differences of
+// a dense solve (complete orthogonal decomposition of [A; λI]) and against dense formulas.
+#include <doctest/doctest.h>
+
+#include <Eigen/Dense>
+#include <difflsq/difflsq.hpp>
+#include <random>
+#include <string>
+
+#include "test_problems.hpp"
+
+using namespace difflsq;
+using difflsq::test::KnownSvdProblem;
+using difflsq::test::kMethods;
+using difflsq::test::name;
+using difflsq::test::spread;
+
+namespace {
+
+using Mat = Eigen::MatrixXd;
+using Vec = Eigen::VectorXd;
+
+/// argmin ‖Ax − b‖² + λ²‖x‖², minimum-norm: a dense reference independent of the Krylov code.
+Vec dense_solution(const Mat& a, const Vec& b, double lam) {
+  if (lam == 0) return a.completeOrthogonalDecomposition().solve(b);
+  Mat aug(a.rows() + a.cols(), a.cols());
+  aug << a, lam * Mat::Identity(a.cols(), a.cols());
+  Vec rhs = Vec::Zero(aug.rows());
+  rhs.head(a.rows()) = b;
+  return aug.colPivHouseholderQr().solve(rhs);
+}
+
+/// Central difference of x along (dA, db, dλ).
+Vec fd_direction(const Mat& a, const Vec& b, double lam, const Mat& da, const Vec& db, double dl,
+                 double h = 1e-6) {
+  return (dense_solution(a + h * da, b + h * db, lam + h * dl) -
+          dense_solution(a - h * da, b - h * db, lam - h * dl)) /
+         (2 * h);
+}
+
+/// ∂⟨x̄, x⟩/∂A, ∂/∂b, ∂/∂λ by central differences, entry by entry.
+struct FdGradient {
+  Mat a;
+  Vec b;
+  double lam = 0;
+};
+FdGradient fd_gradient(const Mat& a, const Vec& b, double lam, const Vec& xbar) {
+  FdGradient g{Mat(a.rows(), a.cols()), Vec(b.size()), 0};
+  const Mat za = Mat::Zero(a.rows(), a.cols());
+  const Vec zb = Vec::Zero(b.size());
+  for (Index j = 0; j < a.cols(); ++j)
+    for (Index i = 0; i < a.rows(); ++i) {
+      Mat e = za;
+      e(i, j) = 1;
+      g.a(i, j) = xbar.dot(fd_direction(a, b, lam, e, zb, 0));
+    }
+  for (Index i = 0; i < b.size(); ++i) g.b[i] = xbar.dot(fd_direction(a, b, lam, za, Vec::Unit(b.size(), i), 0));
+  if (lam > 0) g.lam = xbar.dot(fd_direction(a, b, lam, za, zb, 1));
+  return g;
+}
+
+template <class Scalar>
+Mat a_bar(const Gradients<Scalar>& g, Index m, Index n) {
+  Mat out = Mat::Zero(m, n);
+  for (const auto& [u, v] : g.a_terms) out += u.template cast<double>() * v.template cast<double>().transpose();
+  return out;
+}
+
+double rel(const Mat& x, const Mat& ref) {
+  const double nr = ref.norm();
+  return nr > 0 ? (x - ref).norm() / nr : (x - ref).norm();
+}
+
+LeastSquaresOptions<double> tight(Method method) {
+  LeastSquaresOptions<double> o;
+  o.method = method;
+  o.forward = {.atol = 1e-14, .btol = 1e-14, .conlim = 0, .max_iterations = 2000};
+  return o;
+}
+
+Vec random_vec(Index n, unsigned seed) {
+  std::mt19937_64 gen(seed);
+  return difflsq::test::random_vector<double>(n, gen);
+}
+
+/// A 1-D full convolution y = k ∗ x (m = n + p − 1) whose kernel k is the parameter.
+struct Convolution {
+  using Scalar = double;
+  const Vec* k;
+  Index n;
+  Index rows() const { return n + k->size() - 1; }
+  Index cols() const { return n; }
+  static void conv(const Eigen::Ref<const Vec>& ker, const Eigen::Ref<const Vec>& x,
+                   Eigen::Ref<Vec> y) {
+    y.setZero();
+    for (Index j = 0; j < x.size(); ++j)
+      for (Index t = 0; t < ker.size(); ++t) y[j + t] += ker[t] * x[j];
+  }
+  static void corr(const Eigen::Ref<const Vec>& ker, const Eigen::Ref<const Vec>& u,
+                   Eigen::Ref<Vec> v) {
+    for (Index j = 0; j < v.size(); ++j) {
+      double s = 0;
+      for (Index t = 0; t < ker.size(); ++t) s += ker[t] * u[j + t];
+      v[j] = s;
+    }
+  }
+  void apply(Eigen::Ref<const Vec> x, Eigen::Ref<Vec> y) const { conv(*k, x, y); }
+  void apply_adjoint(Eigen::Ref<const Vec> u, Eigen::Ref<Vec> v) const { corr(*k, u, v); }
+  Index parameter_count() const { return k->size(); }
+  // ⟨u, k ∗ v⟩ = Σ_t k_t Σ_j u[j + t] v[j]
+  void add_parameter_gradient(Eigen::Ref<const Vec> u, Eigen::Ref<const Vec> v,
+                              Eigen::Ref<Vec> g) const {
+    for (Index t = 0; t < k->size(); ++t) g[t] += u.segment(t, n).dot(v);
+  }
+  void apply_derivative(Eigen::Ref<const Vec> t, Eigen::Ref<const Vec> v, Eigen::Ref<Vec> y) const {
+    conv(t, v, y);
+  }
+  void apply_derivative_adjoint(Eigen::Ref<const Vec> t, Eigen::Ref<const Vec> u,
+                                Eigen::Ref<Vec> w) const {
+    corr(t, u, w);
+  }
+  Mat dense() const {
+    Mat a = Mat::Zero(rows(), n);
+    for (Index j = 0; j < n; ++j) a.col(j).segment(j, k->size()) = *k;
+    return a;
+  }
+};
+static_assert(ParameterizedOperator<Convolution>);
+static_assert(ParameterizedOperator<MatrixParameters<Mat>>);
+
+struct Case {
+  const char* name;
+  Index m, n, rank;
+  double lam;
+};
+
+}  // namespace
+
+TEST_CASE("layer: reverse mode matches finite differences of a dense solve") {
+  const Case cases[] = {
+      {"tall", 9, 5, 5, 0.0},          {"tall damped", 9, 5, 5, 0.3},
+      {"wide", 5, 9, 5, 0.0},          {"wide damped", 5, 9, 5, 0.3},
+      {"square", 6, 6, 6, 0.0},        {"square damped", 6, 6, 6, 0.5},
+      {"tall rank-deficient damped", 10, 6, 4, 0.4},
+      {"wide rank-deficient damped", 6, 10, 4, 0.4},
+      {"square rank-deficient damped", 7, 7, 5, 0.2},
+  };
+  for (const Case& c : cases) {
+    const Index k = std::min(c.m, c.n);
+    const KnownSvdProblem<double> p(c.m, c.n, spread(k, 10.0, k - c.rank), 11u + unsigned(c.m));
+    const Vec xbar = random_vec(c.n, 5);
+    const FdGradient ref = fd_gradient(p.a, p.b, c.lam, xbar);
+    for (Method method : kMethods) {
+      const std::string case_name = c.name;
+    CAPTURE(case_name);
+      CAPTURE(name(method));
+      LeastSquares<double> layer(tight(method));
+      auto op = parameterized(p.a);
+      auto fwd = layer.forward(op, p.b, c.lam);
+      CHECK(test::relative_error(fwd.x, dense_solution(p.a, p.b, c.lam)) < 1e-9);
+      const auto g = layer.backward(fwd, xbar);
+      CHECK(g.converged());
+      CHECK(g.solves.size() <= 3);
+      CHECK(rel(g.b, ref.b) < 1e-6);
+      CHECK(rel(a_bar(g, c.m, c.n), ref.a) < 1e-6);
+      // θ̄ of the dense adapter is Ā in column-major order.
+      CHECK(rel(Eigen::Map<const Mat>(g.theta.data(), c.m, c.n), ref.a) < 1e-6);
+      if (c.lam > 0) CHECK(std::abs(g.damp - ref.lam) < 1e-6 * (1 + std::abs(ref.lam)));
+      else CHECK(g.damp == 0);
+    }
+  }
+}
+
+TEST_CASE("layer: at most two extra solves when A has full rank") {
+  for (const Case& c : {Case{"tall", 12, 6, 6, 0.0}, Case{"tall damped", 12, 6, 6, 0.1},
+                        Case{"wide", 6, 12, 6, 0.0}, Case{"wide damped", 6, 12, 6, 0.1}}) {
+    const std::string case_name = c.name;
+    CAPTURE(case_name);
+    const KnownSvdProblem<double> p(c.m, c.n, spread(6, 20.0), 3u);
+    LeastSquares<double> layer(tight(Method::Lsqr));
+    auto op = parameterized(p.a);
+    auto fwd = layer.forward(op, p.b, c.lam);
+    const auto g = layer.backward(fwd, random_vec(c.n, 9));
+    CHECK(g.solves.size() == 2);
+  }
+}
+
+TEST_CASE("layer: undamped rank-deficient A, derivative along rank-preserving directions") {
+  // x = A⁺b is differentiable along perturbations that keep the rank (A(I + tM), (I + tM)A);
+  // the rule adds the Golub–Pereyra term with a third solve.
+  for (const Case& c : {Case{"tall", 10, 6, 4, 0.0}, Case{"wide", 6, 10, 4, 0.0}}) {
+    const std::string case_name = c.name;
+    CAPTURE(case_name);
+    const KnownSvdProblem<double> p(c.m, c.n, spread(6, 10.0, 2), 21u);
+    const Vec xbar = random_vec(c.n, 6);
+    LeastSquares<double> layer(tight(Method::Lsmr));
+    auto op = parameterized(p.a);
+    auto fwd = layer.forward(op, p.b, 0.0);
+    const auto g = layer.backward(fwd, xbar);
+    CHECK(g.converged());
+    const Mat abar = a_bar(g, c.m, c.n);
+    std::mt19937_64 gen(4);
+    for (int trial = 0; trial < 3; ++trial) {
+      const Mat right = p.a * test::random_matrix<double>(c.n, c.n, gen);
+      const Mat left = test::random_matrix<double>(c.m, c.m, gen) * p.a;
+      for (const Mat& da : {right, left}) {
+        const double fd = xbar.dot(fd_direction(p.a, p.b, 0, da, Vec::Zero(c.m), 0));
+        const double ad = (abar.array() * da.array()).sum();
+        CHECK(std::abs(ad - fd) < 1e-6 * (1 + std::abs(fd)));
+      }
+    }
+  }
+}
+
+TEST_CASE("layer: damping → 0 at full rank stays accurate") {
+  for (const Case& c : {Case{"tall", 10, 6, 6, 1e-7}, Case{"wide", 6, 10, 6, 1e-7}}) {
+    const std::string case_name = c.name;
+    CAPTURE(case_name);
+    const KnownSvdProblem<double> p(c.m, c.n, spread(6, 10.0), 8u);
+    const Vec xbar = random_vec(c.n, 2);
+    const FdGradient ref = fd_gradient(p.a, p.b, 0.0, xbar);  // the λ = 0 gradient
+    LeastSquares<double> layer(tight(Method::Lsqr));
+    auto op = parameterized(p.a);
+    auto fwd = layer.forward(op, p.b, c.lam);
+    const auto g = layer.backward(fwd, xbar);
+    CHECK(rel(a_bar(g, c.m, c.n), ref.a) < 1e-6);
+    CHECK(rel(g.b, ref.b) < 1e-6);
+    CHECK(std::abs(g.damp) < 1e-5);
+  }
+}
+
+TEST_CASE("layer: forward mode matches finite differences and is the transpose of reverse mode") {
+  const Case cases[] = {
+      {"tall", 9, 5, 5, 0.0},
+      {"tall damped", 9, 5, 5, 0.3},
+      {"wide", 5, 9, 5, 0.0},
+      {"wide damped", 5, 9, 5, 0.3},
+      {"square damped", 6, 6, 6, 0.5},
+      {"tall rank-deficient damped", 10, 6, 4, 0.4},
+      {"wide rank-deficient damped", 6, 10, 4, 0.4},
+  };
+  std::mt19937_64 gen(17);
+  for (const Case& c : cases) {
+    const Index k = std::min(c.m, c.n);
+    const KnownSvdProblem<double> p(c.m, c.n, spread(k, 10.0, k - c.rank), 31u + unsigned(c.n));
+    const Mat da = test::random_matrix<double>(c.m, c.n, gen);
+    const Vec db = test::random_vector<double>(c.m, gen);
+    const double dl = c.lam > 0 ? 0.7 : 0.0;
+    const Vec ref = fd_direction(p.a, p.b, c.lam, da, db, dl);
+    const Vec xbar = test::random_vector<double>(c.n, gen);
+    for (Method method : kMethods) {
+      const std::string case_name = c.name;
+    CAPTURE(case_name);
+      CAPTURE(name(method));
+      LeastSquares<double> layer(tight(method));
+      auto op = parameterized(p.a);
+      auto fwd = layer.forward(op, p.b, c.lam);
+      const Vec theta_dot = Eigen::Map<const Vec>(da.data(), da.size());
+      const auto t = layer.jvp(fwd, {.theta = theta_dot, .b = db, .damp = dl});
+      CHECK(t.converged());
+      CHECK(test::relative_error(t.x, ref) < 1e-6);
+      // ⟨x̄, ẋ⟩ = ⟨Ā, Ȧ⟩ + ⟨b̄, ḃ⟩ + λ̄λ̇
+      const auto g = layer.backward(fwd, xbar);
+      const double lhs = xbar.dot(t.x);
+      const double rhs = g.theta.dot(theta_dot) + g.b.dot(db) + g.damp * dl;
+      CHECK(std::abs(lhs - rhs) < 1e-7 * (1 + std::abs(lhs)));
+    }
+  }
+}
+
+TEST_CASE("layer: forward mode with only some tangents, and undamped rank-deficient A") {
+  std::mt19937_64 gen(23);
+  // Only ḃ: ẋ = (AᵀA + λ²I)⁺Aᵀḃ, one solve.
+  const KnownSvdProblem<double> p(9, 5, spread(5, 10.0), 2u);
+  LeastSquares<double> layer(tight(Method::Lsmr));
+  auto op = parameterized(p.a);
+  auto fwd = layer.forward(op, p.b, 0.2);
+  const Vec db = test::random_vector<double>(9, gen);
+  const auto t = layer.jvp(fwd, {.b = db});
+  CHECK(t.solves.size() == 1);
+  CHECK(test::relative_error(t.x, fd_direction(p.a, p.b, 0.2, Mat::Zero(9, 5), db, 0)) < 1e-6);
+  // λ = 0, rank-deficient, along a rank-preserving direction.
+  for (const Case& c : {Case{"tall", 10, 6, 4, 0.0}, Case{"wide", 6, 10, 4, 0.0}}) {
+    const std::string case_name = c.name;
+    CAPTURE(case_name);
+    const KnownSvdProblem<double> q(c.m, c.n, spread(6, 10.0, 2), 41u);
+    auto qop = parameterized(q.a);
+    auto qf = layer.forward(qop, q.b, 0.0);
+    const Mat da = q.a * test::random_matrix<double>(c.n, c.n, gen) +
+                   0 * test::random_matrix<double>(c.m, c.n, gen);
+    const Vec theta_dot = Eigen::Map<const Vec>(da.data(), da.size());
+    const auto tq = layer.jvp(qf, {.theta = theta_dot});
+    CHECK(tq.converged());
+    CHECK(test::relative_error(tq.x, fd_direction(q.a, q.b, 0, da, Vec::Zero(c.m), 0)) < 1e-6);
+  }
+}
+
+TEST_CASE("layer: zero right-hand side gives zero x and finite, consistent gradients") {
+  for (double lam : {0.0, 0.5}) {
+    for (const Case& c : {Case{"tall", 8, 5, 5, lam}, Case{"wide", 5, 8, 5, lam}}) {
+      const std::string case_name = c.name;
+    CAPTURE(case_name);
+      CAPTURE(lam);
+      const KnownSvdProblem<double> p(c.m, c.n, spread(5, 5.0), 7u);
+      const Vec zero = Vec::Zero(c.m), xbar = random_vec(c.n, 3);
+      LeastSquares<double> layer(tight(Method::Lsqr));
+      auto op = parameterized(p.a);
+      auto fwd = layer.forward(op, zero, lam);
+      CHECK(fwd.x.norm() == 0);
+      const auto g = layer.backward(fwd, xbar);
+      CHECK(g.theta.allFinite());
+      CHECK(g.b.allFinite());
+      CHECK(g.theta.norm() == doctest::Approx(0).epsilon(1e-12));  // x ≡ 0 for every A
+      CHECK(g.damp == 0);
+      const FdGradient ref = fd_gradient(p.a, zero, lam, xbar);
+      CHECK(rel(g.b, ref.b) < 1e-6);
+    }
+  }
+}
+
+TEST_CASE("layer: a convolution whose kernel is the parameter") {
+  const Vec kernel = (Vec(4) << 1.0, -0.5, 0.25, 0.3).finished();
+  const Index n = 12;
+  const Convolution conv{&kernel, n};
+  CHECK(check_adjoint(conv).passed);
+  const Vec b = random_vec(conv.rows(), 8), xbar = random_vec(n, 9);
+  for (double lam : {0.0, 0.1}) {
+    CAPTURE(lam);
+    LeastSquares<double> layer(tight(Method::Lsmr));
+    auto fwd = layer.forward(conv, b, lam);
+    CHECK(test::relative_error(fwd.x, dense_solution(conv.dense(), b, lam)) < 1e-9);
+    const auto g = layer.backward(fwd, xbar);
+    // θ̄ by finite differences of the dense solve with a perturbed kernel.
+    for (Index t = 0; t < kernel.size(); ++t) {
+      const double h = 1e-6;
+      Vec kp = kernel, km = kernel;
+      kp[t] += h;
+      km[t] -= h;
+      const Convolution cp{&kp, n}, cm{&km, n};
+      const double fd =
+          xbar.dot(dense_solution(cp.dense(), b, lam) - dense_solution(cm.dense(), b, lam)) /
+          (2 * h);
+      CHECK(g.theta[t] == doctest::Approx(fd).epsilon(1e-6));
+    }
+    // Forward mode along a kernel tangent.
+    const Vec dk = random_vec(kernel.size(), 10);
+    const auto tan = layer.jvp(fwd, {.theta = dk});
+    const double h = 1e-6;
+    const Vec kp = kernel + h * dk, km = kernel - h * dk;
+    const Convolution cp{&kp, n}, cm{&km, n};
+    const Vec fd = (dense_solution(cp.dense(), b, lam) - dense_solution(cm.dense(), b, lam)) / (2 * h);
+    CHECK(test::relative_error(tan.x, fd) < 1e-6);
+  }
+}
+
+TEST_CASE("layer: callback parameterized operator and row-major matrix parameters") {
+  const KnownSvdProblem<double> p(8, 5, spread(5, 10.0), 5u);
+  const Mat& a = p.a;
+  auto cb = make_parameterized_operator(
+      8, 5, 40, [&](const auto& x, auto& y) { y.noalias() = a * x; },
+      [&](const auto& u, auto& v) { v.noalias() = a.transpose() * u; },
+      [&](const auto& u, const auto& v, auto& g) {
+        Eigen::Map<Mat>(g.data(), 8, 5).noalias() += u * v.transpose();
+      },
+      [&](const auto& t, const auto& v, auto& y) {
+        y.noalias() = Eigen::Map<const Mat>(t.data(), 8, 5) * v;
+      },
+      [&](const auto& t, const auto& u, auto& w) {
+        w.noalias() = Eigen::Map<const Mat>(t.data(), 8, 5).transpose() * u;
+      });
+  static_assert(ParameterizedOperator<decltype(cb)>);
+  const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> arow = a;
+  const Vec xbar = random_vec(5, 1);
+  LeastSquares<double> layer(tight(Method::Lsqr));
+  auto op = parameterized(a);
+  auto oprow = parameterized(arow);
+  auto f1 = layer.forward(op, p.b, 0.1);
+  auto f2 = layer.forward(cb, p.b, 0.1);
+  auto f3 = layer.forward(oprow, p.b, 0.1);
+  const auto g1 = layer.backward(f1, xbar);
+  const auto g2 = layer.backward(f2, xbar);
+  const auto g3 = layer.backward(f3, xbar);
+  CHECK(rel(g2.theta, g1.theta) < 1e-12);
+  // Row-major: θ̄ in row-major order.
+  const Mat abar3 = Eigen::Map<const Eigen::Matrix<double, 8, 5, Eigen::RowMajor>>(g3.theta.data());
+  CHECK(rel(abar3, Eigen::Map<const Mat>(g1.theta.data(), 8, 5)) < 1e-12);
+}
+
+TEST_CASE("layer: the gradient error shrinks with the solver tolerance") {
+  const KnownSvdProblem<double> p(60, 30, spread(30, 100.0), 12u);
+  const Vec xbar = random_vec(30, 4);
+  LeastSquares<double> exact(tight(Method::Lsqr));
+  auto op = parameterized(p.a);
+  auto fe = exact.forward(op, p.b, 0.0);
+  const Vec ref = exact.backward(fe, xbar).theta;
+  double previous = 1e300;
+  for (double tol : {1e-4, 1e-7, 1e-10}) {
+    CAPTURE(tol);
+    LeastSquaresOptions<double> o;
+    o.method = Method::Lsqr;
+    o.forward = {.atol = tol, .btol = tol, .conlim = 0, .max_iterations = 1000};
+    LeastSquares<double> layer(o);
+    auto f = layer.forward(op, p.b, 0.0);
+    const double err = rel(layer.backward(f, xbar).theta, ref);
+    MESSAGE("tolerance ", tol, ": relative error of the gradient ", err);
+    CHECK(err < previous);
+    CHECK(err < 1e4 * tol);
+    previous = err;
+  }
+  CHECK(previous < 1e-7);
+}
+
+TEST_CASE("layer: failure policy for solves that do not converge") {
+  const KnownSvdProblem<double> p(30, 20, spread(20, 1e4), 9u);
+  auto op = parameterized(p.a);
+  const Vec xbar = random_vec(20, 2);
+  LeastSquaresOptions<double> o = tight(Method::Lsqr);
+  o.backward = Tolerances<double>{.atol = 1e-14, .btol = 1e-14, .conlim = 0, .max_iterations = 2};
+  {
+    LeastSquares<double> layer(o);
+    auto f = layer.forward(op, p.b, 0.0);
+    CHECK(f.report.converged());
+    try {
+      (void)layer.backward(f, xbar);
+      FAIL("expected SolveError");
+    } catch (const SolveError& e) {
+      CHECK(e.status() == Status::IterationLimit);
+      CHECK(std::string(e.what()).find("backward") != std::string::npos);
+    }
+  }
+  {
+    o.on_failure = FailurePolicy::Warn;
+    std::vector<std::string> warnings;
+    o.warn = [&](const std::string& w) { warnings.push_back(w); };
+    LeastSquares<double> layer(o);
+    auto f = layer.forward(op, p.b, 0.0);
+    const auto g = layer.backward(f, xbar);
+    CHECK(!g.converged());
+    CHECK(warnings.size() == g.solves.size());
+    CHECK(warnings[0].find("iteration limit") != std::string::npos);
+  }
+  {
+    o.on_failure = FailurePolicy::Ignore;
+    o.forward.max_iterations = 1;
+    LeastSquares<double> layer(o);
+    auto f = layer.forward(op, p.b, 0.0);
+    CHECK(f.report.status == Status::IterationLimit);
+    const auto g = layer.backward(f, xbar);
+    CHECK(g.solves[0].report.status == Status::IterationLimit);
+  }
+  {
+    LeastSquaresOptions<double> raise = tight(Method::Lsmr);
+    raise.forward.max_iterations = 1;
+    LeastSquares<double> layer(raise);
+    CHECK_THROWS_AS((void)layer.forward(op, p.b, 0.0), SolveError);
+  }
+}
+
+TEST_CASE("layer: bad input") {
+  const KnownSvdProblem<double> p(8, 5, spread(5, 10.0), 1u);
+  auto op = parameterized(p.a);
+  LeastSquares<double> layer;
+  CHECK_THROWS_AS((void)layer.forward(op, p.b, -1.0), std::invalid_argument);
+  CHECK_THROWS_AS((void)layer.forward(op, Vec::Ones(7), 0.0), std::invalid_argument);
+  auto f = layer.forward(op, p.b, 0.0);
+  CHECK_THROWS_AS((void)layer.backward(f, Vec::Ones(4)), std::invalid_argument);
+  Vec nan = Vec::Ones(5);
+  nan[2] = std::nan("");
+  CHECK_THROWS_AS((void)layer.backward(f, nan), std::invalid_argument);
+  CHECK_THROWS_AS((void)layer.jvp(f, {.theta = Vec::Ones(3)}), std::invalid_argument);
+  CHECK_THROWS_AS((void)layer.jvp(f, {.b = Vec::Ones(3)}), std::invalid_argument);
+  // A plain operator has no parameters to take a tangent of.
+  const auto plain = as_operator(p.a);
+  auto fp = layer.forward(plain, p.b, 0.0);
+  CHECK_THROWS_AS((void)layer.jvp(fp, {.theta = Vec::Ones(40)}), std::invalid_argument);
+  const auto g = layer.backward(fp, Vec::Ones(5));
+  CHECK(g.theta.size() == 0);
+  CHECK(g.a_terms.size() == 2);
+}
+
+TEST_CASE("layer: float") {
+  const KnownSvdProblem<double> p(20, 8, spread(8, 10.0), 14u);
+  const Eigen::MatrixXf af = p.a.cast<float>();
+  const Eigen::VectorXf bf = p.b.cast<float>();
+  const Vec xbar = random_vec(8, 3);
+  LeastSquaresOptions<float> o;
+  o.forward = {.atol = 1e-6f, .btol = 1e-6f, .max_iterations = 100};
+  LeastSquares<float> layer(o);
+  auto op = parameterized(af);
+  auto fwd = layer.forward(op, bf, 0.1f);
+  const auto g = layer.backward(fwd, xbar.cast<float>());
+  const FdGradient ref = fd_gradient(p.a, p.b, 0.1, xbar);
+  CHECK(rel(Eigen::Map<const Eigen::MatrixXf>(g.theta.data(), 20, 8).cast<double>(), ref.a) < 1e-3);
+  CHECK(rel(g.b.cast<double>(), ref.b) < 1e-3);
+  CHECK(std::abs(g.damp - ref.lam) < 1e-3 * (1 + std::abs(ref.lam)));
+}
