@@ -10,7 +10,8 @@ FUZZ_SECONDS ?= 60
 
 DEBS := build-essential cmake git pkg-config libeigen3-dev doctest-dev pybind11-dev libcli11-dev \
         libstb-dev libpng-dev zlib1g-dev python3 python3-dev python3-numpy python3-scipy \
-        python3-pytest libbenchmark-dev libceres-dev clang libclang-rt-14-dev
+        python3-pytest python3-torch libtorch-dev libbenchmark-dev libceres-dev clang \
+        libclang-rt-14-dev
 
 CMAKE_FLAGS := -DPython3_EXECUTABLE=$(PYTHON) -DCMAKE_BUILD_TYPE=Release
 

@@ -189,8 +189,9 @@ class LeastSquares {
                                    g.solves);
       a.apply_adjoint(p, tmp);
       const Vector<Scalar> q = xbar - tmp;
-      const bool null_part =
-          above_noise(q.norm(), xbar.norm(), g.solves.back().report.anorm, p.norm(), tol);
+      const bool null_part = g.solves.back().report.converged() &&
+                             above_noise(q.norm(), xbar.norm(), g.solves.back().report.anorm,
+                                         p.norm(), tol);
       Vector<Scalar> y = run("backward: min |Ay - p|^2 + damp^2 |y|^2", a, p, lam, nullptr, tol,
                              g.solves);
       g.b.resize(m);
@@ -267,8 +268,9 @@ class LeastSquares {
       Vector<Scalar> q(n);
       a.apply_adjoint(p, q);
       q = w - q;
-      const bool null_part =
-          above_noise(q.norm(), w.norm(), out.solves.back().report.anorm, p.norm(), tol);
+      const bool null_part = out.solves.back().report.converged() &&
+                             above_noise(q.norm(), w.norm(), out.solves.back().report.anorm,
+                                         p.norm(), tol);
       c += p;
       out.x = run("jvp: min |Ax' - c - p|^2 + damp^2 |x'|^2", a, c, lam, nullptr, tol,
                   out.solves);
@@ -310,7 +312,9 @@ class LeastSquares {
   }
 
   /// Whether a residual-like vector of norm `norm` is more than what a solve with these
-  /// tolerances leaves behind: its test 1, ‖res‖ ≤ btol‖rhs‖ + atol‖A‖‖sol‖ [PS82 §6].
+  /// tolerances leaves behind: its test 1, ‖res‖ ≤ btol‖rhs‖ + atol‖A‖‖sol‖ [PS82 §6]. The
+  /// callers also require that solve to have converged: only then is a residual above this
+  /// floor a genuine null-space component (G10) rather than an unfinished iteration.
   static bool above_noise(Real norm, Real rhs_norm, Real anorm, Real sol_norm,
                           const Tolerances<Real>& tol) {
     constexpr Real eps = std::numeric_limits<Real>::epsilon();
@@ -328,6 +332,7 @@ class LeastSquares {
       const Real lam2 = f.damp * f.damp;
       const Vector<Scalar> rn = f.r - lam2 * z;
       f.residual_outside_range =
+          f.report.converged() && log.back().report.converged() &&
           above_noise(rn.norm(), f.b.norm(), f.report.anorm, f.x.norm(), opts_.forward);
       if (f.residual_outside_range && lam2 > 0) z += rn / lam2;
       f.dual = std::move(z);

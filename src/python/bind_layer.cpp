@@ -1,0 +1,204 @@
+// Python bindings of the differentiable layer (layer.hpp) for float and double: the forward
+// pass on a dense C-contiguous matrix or on callbacks, the reverse rule and (dense) the forward
+// rule. difflsq/torch.py turns these into a torch.autograd.Function; the parameter products
+// of a callable operator are done there, with torch autograd, from the Ā = Σ u vᵀ terms.
+#include <memory>
+
+#include "bindings.hpp"
+
+namespace difflsq::python {
+namespace {
+
+template <class Scalar>
+using RowMap = Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+
+/// A forward pass on a dense matrix: owns a reference to the array, the operator and the
+/// saved context (which points at the operator, so this object never moves).
+template <class Scalar>
+struct DenseForward {
+  py::array_t<Scalar> array;
+  RowMap<Scalar> map;
+  MatrixParameters<RowMap<Scalar>> op;
+  Forward<MatrixParameters<RowMap<Scalar>>> fwd;
+  explicit DenseForward(py::array_t<Scalar> a)
+      : array(std::move(a)), map(array.data(), array.shape(0), array.shape(1)), op(map) {}
+};
+
+template <class Scalar>
+using PyOperator = CallbackOperator<Scalar, PyCallback<Scalar>, PyCallback<Scalar>>;
+
+template <class Scalar>
+struct CallbackForward {
+  PyOperator<Scalar> op;
+  Forward<PyOperator<Scalar>> fwd;
+  CallbackForward(Index m, Index n, py::function matvec, py::function rmatvec)
+      : op(m, n, PyCallback<Scalar>{std::move(matvec), m, "matvec"},
+           PyCallback<Scalar>{std::move(rmatvec), n, "rmatvec"}) {}
+};
+
+template <class Scalar>
+py::array_t<Scalar> to_numpy(const Vector<Scalar>& v) {
+  py::array_t<Scalar> out(v.size());
+  std::copy(v.data(), v.data() + v.size(), out.mutable_data());
+  return out;
+}
+
+template <class Real>
+py::list records(const std::vector<SolveRecord<Real>>& solves) {
+  py::list out;
+  for (const auto& s : solves)
+    out.append(py::make_tuple(s.role, static_cast<int>(s.report.status), s.report.iterations));
+  return out;
+}
+
+FailurePolicy policy(const std::string& name) {
+  if (name == "raise") return FailurePolicy::Raise;
+  if (name == "warn") return FailurePolicy::Warn;
+  if (name == "ignore") return FailurePolicy::Ignore;
+  throw std::invalid_argument("difflsq: on_failure must be 'raise', 'warn' or 'ignore', got '" +
+                              name + "'");
+}
+
+Method method_of(const std::string& name) {
+  if (name == "lsqr") return Method::Lsqr;
+  if (name == "lsmr") return Method::Lsmr;
+  if (name == "cgls") return Method::Cgls;
+  throw std::invalid_argument("difflsq: method must be 'lsqr', 'lsmr' or 'cgls', got '" + name +
+                              "'");
+}
+
+template <class Op>
+py::dict report_of(const Forward<Op>& f) {
+  const auto& r = f.report;
+  py::dict d;
+  d["istop"] = static_cast<int>(r.status);
+  d["itn"] = r.iterations;
+  d["r1norm"] = r.r1norm;
+  d["r2norm"] = r.r2norm;
+  d["anorm"] = r.anorm;
+  d["acond"] = r.acond;
+  d["arnorm"] = r.arnorm;
+  d["xnorm"] = r.xnorm;
+  return d;
+}
+
+/// The reverse rule: (b̄, λ̄, [(u, v) with Ā = Σ u vᵀ], solve records, θ̄ or None).
+template <class Scalar, class Op>
+py::tuple backward(LeastSquares<Scalar>& layer, Forward<Op>& f, const PyArray<Scalar>& xbar_arr) {
+  const auto xbar = as_vector(xbar_arr, "xbar");
+  Gradients<Scalar> g;
+  {
+    py::gil_scoped_release nogil;
+    g = layer.backward(f, xbar);
+  }
+  py::list terms;
+  for (const auto& [u, v] : g.a_terms) terms.append(py::make_tuple(to_numpy(u), to_numpy(v)));
+  py::object theta = py::none();
+  if (g.theta.size()) theta = to_numpy(g.theta);
+  return py::make_tuple(to_numpy(g.b), g.damp, terms, records(g.solves), theta);
+}
+
+/// The forward rule: (ẋ, solve records).
+template <class Scalar, class Op>
+py::tuple jvp(LeastSquares<Scalar>& layer, Forward<Op>& f,
+              const std::optional<PyArray<Scalar>>& a_dot,
+              const std::optional<PyArray<Scalar>>& b_dot, double damp_dot) {
+  Tangents<Scalar> t;
+  if (a_dot) t.theta = as_vector(*a_dot, "tangent of A");
+  if (b_dot) t.b = as_vector(*b_dot, "tangent of b");
+  t.damp = static_cast<RealOf<Scalar>>(damp_dot);
+  TangentResult<Scalar> out;
+  {
+    py::gil_scoped_release nogil;
+    out = layer.jvp(f, t);
+  }
+  return py::make_tuple(to_numpy(out.x), records(out.solves));
+}
+
+template <class Scalar>
+void register_layer(py::module_& m, const std::string& suffix) {
+  using Real = RealOf<Scalar>;
+  using Layer = LeastSquares<Scalar>;
+  using Dense = DenseForward<Scalar>;
+  using Callback = CallbackForward<Scalar>;
+  using Opt = std::optional<PyArray<Scalar>>;
+
+  py::class_<Dense>(m, ("DenseForward_" + suffix).c_str())
+      .def_property_readonly("x", [](const Dense& d) { return to_numpy(d.fwd.x); })
+      .def_property_readonly("report", [](const Dense& d) { return report_of(d.fwd); });
+  py::class_<Callback>(m, ("CallbackForward_" + suffix).c_str())
+      .def_property_readonly("x", [](const Callback& c) { return to_numpy(c.fwd.x); })
+      .def_property_readonly("report", [](const Callback& c) { return report_of(c.fwd); });
+
+  py::class_<Layer>(m, ("Layer_" + suffix).c_str())
+      .def(py::init([](const std::string& method, double atol, double btol, double conlim,
+                       long long maxiter, std::optional<std::tuple<double, double, double, long long>>
+                                              backward_tol,
+                       const std::string& on_failure, std::optional<py::function> warn) {
+             LeastSquaresOptions<Scalar> o;
+             o.method = method_of(method);
+             o.forward = {Real(atol), Real(btol), Real(conlim), Index(maxiter)};
+             if (backward_tol) {
+               const auto& [a, b, c, k] = *backward_tol;
+               o.backward = Tolerances<Real>{Real(a), Real(b), Real(c), Index(k)};
+             }
+             o.on_failure = policy(on_failure);
+             if (warn) {
+               py::function w = *warn;
+               o.warn = [w](const std::string& msg) {
+                 py::gil_scoped_acquire gil;
+                 w(msg);
+               };
+             }
+             return std::make_unique<Layer>(std::move(o));
+           }),
+           py::arg("method"), py::arg("atol"), py::arg("btol"), py::arg("conlim"),
+           py::arg("maxiter"), py::arg("backward_tol"), py::arg("on_failure"), py::arg("warn"))
+      .def("forward_dense",
+           [](Layer& layer, py::array_t<Scalar, py::array::c_style> a, PyArray<Scalar> b,
+              double damp) {
+             if (a.ndim() != 2) throw std::invalid_argument("difflsq: A must be 2-D");
+             auto d = std::make_unique<Dense>(std::move(a));
+             const auto bv = as_vector(b, "b");
+             {
+               py::gil_scoped_release nogil;
+               d->fwd = layer.forward(d->op, bv, Real(damp));
+             }
+             return d;
+           })
+      .def("forward_callback",
+           [](Layer& layer, Index rows, Index cols, py::function matvec, py::function rmatvec,
+              PyArray<Scalar> b, double damp) {
+             auto c = std::make_unique<Callback>(rows, cols, std::move(matvec), std::move(rmatvec));
+             const auto bv = as_vector(b, "b");
+             {
+               py::gil_scoped_release nogil;  // the callbacks take the GIL back
+               c->fwd = layer.forward(c->op, bv, Real(damp));
+             }
+             return c;
+           })
+      .def("backward", [](Layer& layer, Dense& d, const PyArray<Scalar>& xbar) {
+        return backward(layer, d.fwd, xbar);
+      })
+      .def("backward", [](Layer& layer, Callback& c, const PyArray<Scalar>& xbar) {
+        return backward(layer, c.fwd, xbar);
+      })
+      .def("jvp",
+           [](Layer& layer, Dense& d, Opt a_dot, Opt b_dot, double damp_dot) {
+             return jvp(layer, d.fwd, a_dot, b_dot, damp_dot);
+           })
+      .def("jvp", [](Layer& layer, Callback& c, Opt b_dot, double damp_dot) {
+        return jvp(layer, c.fwd, Opt{}, b_dot, damp_dot);
+      });
+}
+
+}  // namespace
+
+void register_layers(py::module_& m) {
+  // Raised for a solve that did not converge (policy 'raise'); the message names the solve.
+  py::register_exception<SolveError>(m, "SolveError", PyExc_RuntimeError);
+  register_layer<float>(m, "f32");
+  register_layer<double>(m, "f64");
+}
+
+}  // namespace difflsq::python

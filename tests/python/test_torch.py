@@ -1,0 +1,233 @@
+"""difflsq.torch.lstsq: values and gradients against dense references computed by torch itself
+(damped normal equations, pseudo-inverse), torch.autograd.gradcheck, and the error paths."""
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import difflsq.torch as dt  # noqa: E402
+
+F64 = torch.float64
+TIGHT = dict(atol=1e-13, btol=1e-13, conlim=0, maxiter=5000)
+
+
+def dense_reference(A, b, damp):
+    """argmin |Ax - b|^2 + damp^2 |x|^2 (minimum-norm), differentiable by torch autograd."""
+    n = A.shape[1]
+    if float(damp) > 0:
+        return torch.linalg.solve(A.T @ A + damp ** 2 * torch.eye(n, dtype=A.dtype), A.T @ b)
+    return torch.linalg.pinv(A) @ b
+
+
+def with_singular_values(m, n, sigma, seed):
+    g = torch.Generator().manual_seed(seed)
+    k = min(m, n)
+    u, _ = torch.linalg.qr(torch.randn(m, k, generator=g, dtype=F64))
+    v, _ = torch.linalg.qr(torch.randn(n, k, generator=g, dtype=F64))
+    return u @ torch.diag(torch.as_tensor(sigma, dtype=F64)) @ v.T
+
+
+CASES = [
+    ("tall", 9, 5, [3.0, 2.0, 1.5, 1.0, 0.5], 0.0),
+    ("tall damped", 9, 5, [3.0, 2.0, 1.5, 1.0, 0.5], 0.3),
+    ("wide", 5, 9, [3.0, 2.0, 1.5, 1.0, 0.5], 0.0),
+    ("wide damped", 5, 9, [3.0, 2.0, 1.5, 1.0, 0.5], 0.3),
+    ("square", 6, 6, [4.0, 3.0, 2.0, 1.5, 1.0, 0.5], 0.0),
+    ("square damped", 6, 6, [4.0, 3.0, 2.0, 1.5, 1.0, 0.5], 0.5),
+    ("tall rank-deficient damped", 10, 6, [3.0, 2.0, 1.0, 0.5, 0.0, 0.0], 0.4),
+    ("wide rank-deficient damped", 6, 10, [3.0, 2.0, 1.0, 0.5, 0.0, 0.0], 0.4),
+]
+
+
+@pytest.mark.parametrize("name,m,n,sigma,lam", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("method", ["lsmr", "lsqr", "cgls"])
+def test_values_and_gradients_match_dense_reference(name, m, n, sigma, lam, method):
+    A0 = with_singular_values(m, n, sigma, seed=m * 10 + n)
+    b0 = torch.randn(m, dtype=F64, generator=torch.Generator().manual_seed(1))
+    w = torch.randn(n, dtype=F64, generator=torch.Generator().manual_seed(2))
+    out = {}
+    for key, solve in (("difflsq", lambda A, b, d: dt.lstsq(A, b, d, method=method, **TIGHT)),
+                       ("dense", dense_reference)):
+        A = A0.clone().requires_grad_()
+        b = b0.clone().requires_grad_()
+        d = torch.tensor(lam, dtype=F64, requires_grad=True)
+        x = solve(A, b, d)
+        (x @ w).backward()
+        out[key] = (x.detach(), A.grad, b.grad, d.grad)
+    x, ga, gb, gd = out["difflsq"]
+    rx, rga, rgb, rgd = out["dense"]
+    assert torch.allclose(x, rx, rtol=1e-9, atol=1e-11)
+    assert torch.allclose(ga, rga, rtol=1e-7, atol=1e-9)
+    assert torch.allclose(gb, rgb, rtol=1e-7, atol=1e-9)
+    if lam > 0:
+        assert torch.allclose(gd, rgd, rtol=1e-7, atol=1e-9)
+    else:
+        assert float(gd) == 0.0
+
+
+@pytest.mark.parametrize("m,n,lam", [(7, 4, 0.0), (7, 4, 0.2), (4, 7, 0.0), (4, 7, 0.2),
+                                     (5, 5, 0.1)])
+def test_gradcheck_reverse_and_forward_mode(m, n, lam):
+    g = torch.Generator().manual_seed(3)
+    A = (torch.randn(m, n, dtype=F64, generator=g) + 2 * torch.eye(m, n, dtype=F64))
+    b = torch.randn(m, dtype=F64, generator=g)
+    d = torch.tensor(lam + 0.05, dtype=F64)  # gradcheck perturbs damp: keep it away from 0
+    inputs = (A.requires_grad_(), b.requires_grad_(), d.requires_grad_())
+    assert torch.autograd.gradcheck(lambda A, b, d: dt.lstsq(A, b, d, **TIGHT), inputs,
+                                    check_forward_ad=True)
+
+
+def test_several_right_hand_sides_are_independent_solves():
+    g = torch.Generator().manual_seed(4)
+    A = torch.randn(8, 5, dtype=F64, generator=g, requires_grad=True)
+    B = torch.randn(8, 3, dtype=F64, generator=g, requires_grad=True)
+    X = dt.lstsq(A, B, 0.1, **TIGHT)
+    assert X.shape == (5, 3)
+    ref = torch.stack([dense_reference(A, B[:, j], 0.1) for j in range(3)], dim=1)
+    assert torch.allclose(X, ref, rtol=1e-9)
+    assert torch.autograd.gradcheck(lambda A, B: dt.lstsq(A, B, 0.1, **TIGHT), (A, B))
+
+
+def test_zero_right_hand_side_gives_zero_and_finite_gradients():
+    for m, n in ((8, 5), (5, 8)):
+        A = with_singular_values(m, n, [2.0, 1.5, 1.0, 0.7, 0.5], seed=5).requires_grad_()
+        b = torch.zeros(m, dtype=F64, requires_grad=True)
+        d = torch.tensor(0.3, dtype=F64, requires_grad=True)
+        x = dt.lstsq(A, b, d, **TIGHT)
+        assert torch.count_nonzero(x) == 0
+        w = torch.randn(n, dtype=F64)
+        (x @ w).backward()
+        for grad in (A.grad, b.grad, d.grad):
+            assert torch.isfinite(grad).all()
+        # x = 0 for every A and damp when b = 0; b's gradient is (A^T A + damp^2 I)^-1 ... applied
+        assert torch.count_nonzero(A.grad) == 0 and float(d.grad) == 0.0
+        A2 = A.detach().clone().requires_grad_()
+        b2 = b.detach().clone().requires_grad_()
+        (dense_reference(A2, b2, 0.3) @ w).backward()
+        assert torch.allclose(b.grad, b2.grad, rtol=1e-8)
+
+
+def test_float32_is_kept_and_close_to_float64():
+    A = with_singular_values(20, 8, torch.linspace(2, 0.5, 8).tolist(), seed=6)
+    b = torch.randn(20, dtype=F64, generator=torch.Generator().manual_seed(7))
+    A32 = A.float().requires_grad_()
+    b32 = b.float().requires_grad_()
+    x = dt.lstsq(A32, b32, 0.1, atol=1e-6, btol=1e-6, maxiter=100)
+    assert x.dtype == torch.float32
+    x.sum().backward()
+    assert A32.grad.dtype == torch.float32 and b32.grad.dtype == torch.float32
+    A64 = A.clone().requires_grad_()
+    b64 = b.clone().requires_grad_()
+    dense_reference(A64, b64, 0.1).sum().backward()
+    assert torch.allclose(x.double(), dense_reference(A, b, 0.1), rtol=1e-4, atol=1e-5)
+    assert torch.allclose(A32.grad.double(), A64.grad, rtol=1e-3, atol=1e-4)
+
+
+def toeplitz(kernel, n):
+    """The (n + p - 1) x n matrix of the full convolution with `kernel`, differentiably."""
+    p = kernel.shape[0]
+    cols = [torch.nn.functional.pad(kernel, (j, n - 1 - j)) for j in range(n)]
+    return torch.stack(cols, dim=1).reshape(n + p - 1, n)
+
+
+def conv(v, kernel):
+    """Full 1-D convolution kernel * v (a structured operator; kernel is the parameter)."""
+    p = kernel.shape[0]
+    return torch.nn.functional.conv1d(v.reshape(1, 1, -1), kernel.flip(0).reshape(1, 1, -1),
+                                      padding=p - 1).reshape(-1)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.1])
+def test_structured_operator_with_parameter(lam):
+    g = torch.Generator().manual_seed(8)
+    kernel = torch.tensor([1.0, -0.5, 0.25], dtype=F64, requires_grad=True)
+    n = 10
+    b = torch.randn(n + 2, dtype=F64, generator=g, requires_grad=True)
+    x = dt.lstsq(conv, b, lam, params=(kernel,), shape=(n + 2, n), **TIGHT)
+    w = torch.randn(n, dtype=F64, generator=g)
+    (x @ w).backward()
+    k2 = kernel.detach().clone().requires_grad_()
+    b2 = b.detach().clone().requires_grad_()
+    ref = dense_reference(toeplitz(k2, n), b2, lam)
+    (ref @ w).backward()
+    assert torch.allclose(x, ref, rtol=1e-9)
+    assert torch.allclose(kernel.grad, k2.grad, rtol=1e-7)
+    assert torch.allclose(b.grad, b2.grad, rtol=1e-7)
+    d = torch.tensor(lam + 0.05, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda k, b, d: dt.lstsq(conv, b, d, params=(k,), shape=(n + 2, n), **TIGHT),
+        (kernel.detach().requires_grad_(), b.detach().requires_grad_(), d))
+
+
+def test_callable_matches_tensor_and_unused_parameters_get_zeros():
+    g = torch.Generator().manual_seed(9)
+    W = torch.randn(7, 4, dtype=F64, generator=g, requires_grad=True)
+    unused = torch.randn(3, dtype=F64, requires_grad=True)
+    b = torch.randn(7, dtype=F64, generator=g)
+    x = dt.lstsq(lambda v, W, u: W @ v, b, 0.2, params=(W, unused), shape=(7, 4), **TIGHT)
+    x.sum().backward()
+    W2 = W.detach().clone().requires_grad_()
+    dt.lstsq(W2, b, 0.2, **TIGHT).sum().backward()
+    assert torch.allclose(W.grad, W2.grad, rtol=1e-10)
+    assert torch.count_nonzero(unused.grad) == 0
+
+
+def test_failure_policies_forward_and_backward():
+    A = with_singular_values(30, 20, torch.logspace(0, -4, 20).tolist(), seed=10)
+    b = torch.randn(30, dtype=F64, generator=torch.Generator().manual_seed(11))
+    with pytest.raises(dt.SolveError, match="forward"):
+        dt.lstsq(A, b, maxiter=2)
+    with pytest.warns(dt.SolveWarning, match="iteration limit"):
+        x = dt.lstsq(A, b, maxiter=2, on_failure="warn")
+    assert torch.isfinite(x).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dt.lstsq(A, b, maxiter=2, on_failure="ignore")
+    # A backward solve that fails.
+    Ar = A.clone().requires_grad_()
+    x, info = dt.lstsq(Ar, b, **TIGHT, backward_tol=(1e-13, 1e-13, 0, 2), return_info=True)
+    assert info["forward"][0]["istop"] in (1, 2, 4, 5)
+    with pytest.raises(dt.SolveError, match="backward"):
+        x.sum().backward()
+    Ar.grad = None
+    x, info = dt.lstsq(Ar, b, **TIGHT, backward_tol=(1e-13, 1e-13, 0, 2), on_failure="ignore",
+                       return_info=True)
+    x.sum().backward()
+    assert [rec[1] for rec in info["backward"][0]] == [7, 7]
+
+
+def test_bad_input_and_unsupported_device():
+    A = torch.randn(5, 3, dtype=F64)
+    with pytest.raises(ValueError, match="shape"):
+        dt.lstsq(A, torch.ones(4, dtype=F64))
+    with pytest.raises(TypeError, match="dtype"):
+        dt.lstsq(A, torch.ones(5, dtype=torch.float32))
+    with pytest.raises(ValueError, match="damp"):
+        dt.lstsq(A, torch.ones(5, dtype=F64), -1.0)
+    with pytest.raises(ValueError, match="shape"):
+        dt.lstsq(lambda v: v, torch.ones(5, dtype=F64))
+    with pytest.raises(ValueError, match="device"):
+        dt.lstsq(torch.empty(5, 3, device="meta"), torch.ones(5))
+    with pytest.raises(ValueError, match="returned 4 values"):
+        dt.lstsq(lambda v: torch.ones(4, dtype=F64), torch.ones(5, dtype=F64), shape=(5, 3))
+    with pytest.raises(ValueError, match="method"):
+        dt.lstsq(A, torch.ones(5, dtype=F64), method="qr")
+    with pytest.raises(ValueError, match="on_failure"):
+        dt.lstsq(A, torch.ones(5, dtype=F64), on_failure="maybe")
+
+
+def test_double_backward_raises_a_clear_error():
+    A = torch.randn(6, 3, dtype=F64, requires_grad=True)
+    b = torch.randn(6, dtype=F64)
+    x = dt.lstsq(A, b, 0.1, **TIGHT)
+    (g,) = torch.autograd.grad(x.sum(), A, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.sum().backward()
+
+
+def test_inputs_are_not_modified():
+    A = torch.randn(6, 4, dtype=F64, requires_grad=True)
+    b = torch.randn(6, dtype=F64, requires_grad=True)
+    A0, b0 = A.detach().clone(), b.detach().clone()
+    dt.lstsq(A, b, 0.1).sum().backward()
+    assert torch.equal(A.detach(), A0) and torch.equal(b.detach(), b0)
