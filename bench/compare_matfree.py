@@ -12,6 +12,8 @@ kernel of a convolution), b and damp, compared with a dense NumPy reference:
 x = (AᵀA + λ²I)⁻¹Aᵀb, y = (AᵀA + λ²I)⁻¹w, r = b - Ax, ∂L/∂b = Ay, ∂L/∂A = r yᵀ - (Ay) xᵀ,
 ∂L/∂λ = -2λ<x, y>. Both solve with LSMR, atol = btol = 1e-8, conlim = 1e8 (ctol = 1e-8).
 Times: best of --repeat after one warm-up call (for JAX: the jit compilation), in ms.
+--threads 1: one thread (torch.set_num_threads(1), OMP_NUM_THREADS=1, XLA_FLAGS, and the worker
+pinned to one CPU); default: each library's own choice. cpu/wall = CPU time / wall time.
 """
 import argparse
 import json
@@ -233,6 +235,9 @@ def main():
         probs = json.loads(str(z["meta"]))
         for i, p in enumerate(probs):
             p.update({k: z[f"{i}_{k}"] for k in ("A", "b", "w")})
+    if args.threads == "1" and hasattr(os, "sched_setaffinity"):
+        # XLA ignores its thread flags now and then and uses 2 threads: pin to one CPU.
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     work = worker_difflsq if args.worker == "difflsq" else worker_matfree
     np.savez(args.out, **work(probs, args.repeat, args.threads))
 
