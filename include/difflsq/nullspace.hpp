@@ -1,0 +1,316 @@
+// difflsq — the null-space step for equality-constrained optimization (docs/nullspace.md).
+//
+// For parameters θ ∈ ℝᴾ, a loss gradient g and constraints c(θ) = 0 ∈ ℝᵏ with Jacobian J (only
+// J·v and Jᵀ·u are used), a step computes with least-squares solves
+//
+//     z  = argmin_z ‖Jᵀz − g‖         the least-squares Lagrange multipliers of g,
+//     Pg = g − Jᵀz                    the part of g in N(J) (the residual of that solve),
+//     δ  = J⁺c                        the minimum-norm Gauss–Newton correction (Jδ = c),
+//
+// and the direction d = Pg + γ·δ: θ ← θ − lr·d moves along the constraint set and back towards
+// it (lr·γ = 1 is a full Gauss–Newton correction). Two solves, where the paper's combined
+// solve u = J⁺(Jg − γc), d = g − u, makes one: they give z and Pg exactly — Pg to the relative
+// accuracy atol of its own solve, which matters as Pg → 0 at a stationary point, where g − u
+// loses it to cancellation — and the correction solve is skipped when c = 0.
+#pragma once
+
+#include <Eigen/Core>
+#include <cmath>
+#include <concepts>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "layer.hpp"
+#include "method.hpp"
+#include "operator.hpp"
+
+namespace difflsq {
+
+/// Equality constraints c(θ) = 0 with k = constraints() values over P = parameters() unknowns:
+///   value(θ, c):             c = c(θ)
+///   jacobian(θ, v, y):       y = J(θ) v     (length k)
+///   jacobian_adjoint(θ, u, w): w = J(θ)ᵀ u  (length P)
+/// (θ, v, u as Eigen::Ref<const Vector<Scalar>>; c, y, w as pre-sized Eigen::Ref<Vector>.)
+template <class C>
+concept Constraint = requires(const C& con, Eigen::Ref<const Vector<typename C::Scalar>> in,
+                              Eigen::Ref<Vector<typename C::Scalar>> out) {
+  typename C::Scalar;
+  { con.constraints() } -> std::convertible_to<Index>;
+  { con.parameters() } -> std::convertible_to<Index>;
+  con.value(in, out);
+  con.jacobian(in, in, out);
+  con.jacobian_adjoint(in, in, out);
+};
+
+/// Linear constraints C θ = d from a dense or sparse Eigen matrix C (kept by reference).
+template <class Matrix>
+class LinearConstraint {
+ public:
+  using Scalar = typename Matrix::Scalar;
+  LinearConstraint(const Matrix& c, Vector<Scalar> d) : c_(&c), d_(std::move(d)) {
+    if (d_.size() != c.rows())
+      throw std::invalid_argument("difflsq::LinearConstraint: d has length " +
+                                  std::to_string(d_.size()) + " but C has " +
+                                  std::to_string(c.rows()) + " rows");
+  }
+  Index constraints() const { return c_->rows(); }
+  Index parameters() const { return c_->cols(); }
+  void value(Eigen::Ref<const Vector<Scalar>> theta, Eigen::Ref<Vector<Scalar>> out) const {
+    out.noalias() = *c_ * theta;
+    out -= d_;
+  }
+  void jacobian(Eigen::Ref<const Vector<Scalar>>, Eigen::Ref<const Vector<Scalar>> v,
+                Eigen::Ref<Vector<Scalar>> y) const {
+    y.noalias() = *c_ * v;
+  }
+  void jacobian_adjoint(Eigen::Ref<const Vector<Scalar>>, Eigen::Ref<const Vector<Scalar>> u,
+                        Eigen::Ref<Vector<Scalar>> w) const {
+    w.noalias() = c_->transpose() * u;
+  }
+
+ private:
+  const Matrix* c_;
+  Vector<Scalar> d_;
+};
+
+/// Constraints from callbacks value(θ, c), jacobian(θ, v, y), jacobian_adjoint(θ, u, w).
+template <class Scalar_, class Value, class Jac, class JacT>
+class CallbackConstraint {
+ public:
+  using Scalar = Scalar_;
+  CallbackConstraint(Index k, Index p, Value value, Jac jac, JacT jac_t)
+      : k_(k), p_(p), value_(std::move(value)), jac_(std::move(jac)), jac_t_(std::move(jac_t)) {}
+  Index constraints() const { return k_; }
+  Index parameters() const { return p_; }
+  void value(Eigen::Ref<const Vector<Scalar>> theta, Eigen::Ref<Vector<Scalar>> out) const {
+    value_(theta, out);
+  }
+  void jacobian(Eigen::Ref<const Vector<Scalar>> theta, Eigen::Ref<const Vector<Scalar>> v,
+                Eigen::Ref<Vector<Scalar>> y) const {
+    jac_(theta, v, y);
+  }
+  void jacobian_adjoint(Eigen::Ref<const Vector<Scalar>> theta, Eigen::Ref<const Vector<Scalar>> u,
+                        Eigen::Ref<Vector<Scalar>> w) const {
+    jac_t_(theta, u, w);
+  }
+
+ private:
+  Index k_, p_;
+  Value value_;
+  Jac jac_;
+  JacT jac_t_;
+};
+
+template <class Scalar = double, class Value, class Jac, class JacT>
+auto make_constraint(Index k, Index p, Value value, Jac jac, JacT jac_t) {
+  return CallbackConstraint<Scalar, Value, Jac, JacT>(k, p, std::move(value), std::move(jac),
+                                                      std::move(jac_t));
+}
+
+namespace detail {
+/// J(θ) as a LinearOperator (k × P) at a fixed θ.
+template <Constraint C>
+class JacobianOperator {
+ public:
+  using Scalar = typename C::Scalar;
+  JacobianOperator(const C& con, Eigen::Ref<const Vector<Scalar>> theta)
+      : con_(&con), theta_(theta) {}
+  Index rows() const { return con_->constraints(); }
+  Index cols() const { return con_->parameters(); }
+  void apply(Eigen::Ref<const Vector<Scalar>> v, Eigen::Ref<Vector<Scalar>> y) const {
+    con_->jacobian(theta_, v, y);
+  }
+  void apply_adjoint(Eigen::Ref<const Vector<Scalar>> u, Eigen::Ref<Vector<Scalar>> w) const {
+    con_->jacobian_adjoint(theta_, u, w);
+  }
+
+ private:
+  const C* con_;
+  Eigen::Ref<const Vector<Scalar>> theta_;
+};
+}  // namespace detail
+
+template <class Scalar>
+struct NullSpaceOptions {
+  using Real = RealOf<Scalar>;
+  Method method = Method::Lsqr;
+  Tolerances<Real> tolerances{.atol = Real(1e-10), .btol = Real(1e-10), .conlim = 0};
+  Real gamma = 1;  ///< rate of the feasibility correction relative to the learning rate
+  FailurePolicy on_failure = FailurePolicy::Raise;
+  std::function<void(const std::string&)> warn{};
+};
+
+/// One null-space step at θ.
+template <class Scalar>
+struct NullSpaceResult {
+  using Real = RealOf<Scalar>;
+  Vector<Scalar> direction;    ///< d = Pv + γ·J⁺c
+  Vector<Scalar> projected;    ///< Pv, the part of the input vector in N(J)
+  Vector<Scalar> multipliers;  ///< z = argmin ‖Jᵀz − v‖
+  Vector<Scalar> correction;   ///< δ = J⁺c (zero when c = 0)
+  Real constraint_norm = 0;    ///< ‖c(θ)‖
+  Real projected_norm = 0;     ///< ‖Pv‖ (for v = g: the Lagrangian stationarity measure)
+  std::vector<SolveRecord<Real>> solves;
+  bool converged() const {
+    for (const auto& s : solves)
+      if (!s.report.converged()) return false;
+    return true;
+  }
+};
+
+/// Computes null-space steps; holds the solver workspaces (one object per thread).
+template <class Scalar>
+class NullSpaceStep {
+ public:
+  using Real = RealOf<Scalar>;
+  explicit NullSpaceStep(NullSpaceOptions<Scalar> options = {}) : opts_(std::move(options)) {}
+  const NullSpaceOptions<Scalar>& options() const { return opts_; }
+
+  /// d = P v + γ J⁺c(θ) with the multipliers of v (v = the loss gradient, or an optimizer's
+  /// proposed step).
+  template <Constraint C>
+  NullSpaceResult<Scalar> operator()(const C& con, Eigen::Ref<const Vector<Scalar>> theta,
+                                     Eigen::Ref<const Vector<Scalar>> v) {
+    check(con, theta, v);
+    NullSpaceResult<Scalar> out;
+    const detail::JacobianOperator<C> jac(con, theta);
+    project_into(jac, v, out);
+    Vector<Scalar> c(con.constraints());
+    con.value(theta, c);
+    if (!c.allFinite()) throw std::invalid_argument("difflsq::NullSpaceStep: c(θ) is not finite");
+    out.constraint_norm = c.norm();
+    out.correction = Vector<Scalar>::Zero(con.parameters());
+    if (out.constraint_norm > 0)  // δ = J⁺c: the minimum-norm solution of Jδ = c
+      out.correction = run("correction: min |J d - c|", jac, c, out.solves);
+    out.direction = out.projected + opts_.gamma * out.correction;
+    return out;
+  }
+
+  /// P v and the multipliers only (no correction).
+  template <Constraint C>
+  NullSpaceResult<Scalar> project(const C& con, Eigen::Ref<const Vector<Scalar>> theta,
+                                  Eigen::Ref<const Vector<Scalar>> v) {
+    check(con, theta, v);
+    NullSpaceResult<Scalar> out;
+    project_into(detail::JacobianOperator<C>(con, theta), v, out);
+    out.direction = out.projected;
+    return out;
+  }
+
+ private:
+  template <class Jac>
+  void project_into(const Jac& jac, Eigen::Ref<const Vector<Scalar>> v,
+                    NullSpaceResult<Scalar>& out) {
+    // z = argmin ‖Jᵀz − v‖ (tall, k unknowns); its residual is Pv.
+    const AdjointOperator<Jac> jt(jac);
+    out.multipliers = run("projection: min |J^T z - v|", jt, v, out.solves);
+    out.projected.resize(v.size());
+    jac.apply_adjoint(out.multipliers, out.projected);
+    out.projected = v - out.projected;
+    out.projected_norm = out.projected.norm();
+  }
+
+  template <Constraint C>
+  static void check(const C& con, Eigen::Ref<const Vector<Scalar>> theta,
+                    Eigen::Ref<const Vector<Scalar>> v) {
+    const Index p = con.parameters();
+    if (theta.size() != p || v.size() != p)
+      throw std::invalid_argument("difflsq::NullSpaceStep: theta has length " +
+                                  std::to_string(theta.size()) + " and v " +
+                                  std::to_string(v.size()) + ", the constraint has " +
+                                  std::to_string(p) + " parameters");
+    if (!theta.allFinite() || !v.allFinite())
+      throw std::invalid_argument("difflsq::NullSpaceStep: theta or v is not finite");
+  }
+
+  template <LinearOperator Op>
+  Vector<Scalar> run(const char* role, const Op& op, Eigen::Ref<const Vector<Scalar>> rhs,
+                     std::vector<SolveRecord<Real>>& log) {
+    Options<Scalar> o;
+    o.atol = opts_.tolerances.atol;
+    o.btol = opts_.tolerances.btol;
+    o.conlim = opts_.tolerances.conlim;
+    o.max_iterations = opts_.tolerances.max_iterations;
+    Workspace<Scalar>& ws = op.rows() >= op.cols() ? ws_tall_ : ws_wide_;
+    const auto report = solve(opts_.method, ws, op, rhs, o);
+    log.push_back({role, report});
+    if (!report.converged()) {
+      const std::string msg = std::string("difflsq: null-space step, ") + role + ": " +
+                              to_string(report.status) + " after " +
+                              std::to_string(report.iterations) + " iterations";
+      if (opts_.on_failure == FailurePolicy::Raise) throw SolveError(msg, report.status);
+      if (opts_.on_failure == FailurePolicy::Warn) {
+        if (opts_.warn)
+          opts_.warn(msg);
+        else
+          std::fprintf(stderr, "warning: %s\n", msg.c_str());
+      }
+    }
+    return ws.x;
+  }
+
+  NullSpaceOptions<Scalar> opts_;
+  Workspace<Scalar> ws_tall_, ws_wide_;
+};
+
+/// Gradient descent under equality constraints: θ ← θ − lr·(Pg + γJ⁺c).
+template <class Scalar>
+class ConstrainedSgd {
+ public:
+  using Real = RealOf<Scalar>;
+  ConstrainedSgd(Real lr, NullSpaceOptions<Scalar> options = {})
+      : lr_(lr), step_(std::move(options)) {}
+  template <Constraint C>
+  NullSpaceResult<Scalar> step(const C& con, Eigen::Ref<Vector<Scalar>> theta,
+                               Eigen::Ref<const Vector<Scalar>> grad) {
+    auto r = step_(con, theta, grad);
+    theta -= lr_ * r.direction;
+    return r;
+  }
+
+ private:
+  Real lr_;
+  NullSpaceStep<Scalar> step_;
+};
+
+/// Adam under equality constraints, "step" mode: Adam proposes Δ from the raw gradient, and the
+/// applied update is PΔ − lr·γ·J⁺c — the projection after Adam's per-coordinate rescaling keeps
+/// the step in N(J) (projecting the gradient before Adam would not).
+template <class Scalar>
+class ConstrainedAdam {
+ public:
+  using Real = RealOf<Scalar>;
+  struct Hyper {
+    Real lr = Real(1e-3), beta1 = Real(0.9), beta2 = Real(0.999), eps = Real(1e-8);
+  };
+  explicit ConstrainedAdam(Hyper h, NullSpaceOptions<Scalar> options = {})
+      : h_(h), step_(std::move(options)) {}
+  template <Constraint C>
+  NullSpaceResult<Scalar> step(const C& con, Eigen::Ref<Vector<Scalar>> theta,
+                               Eigen::Ref<const Vector<Scalar>> grad) {
+    if (m_.size() != theta.size()) {
+      m_ = Vector<Scalar>::Zero(theta.size());
+      v_ = Vector<Scalar>::Zero(theta.size());
+      t_ = 0;
+    }
+    ++t_;
+    m_ = h_.beta1 * m_ + (1 - h_.beta1) * grad;
+    v_ = h_.beta2 * v_ + (1 - h_.beta2) * grad.cwiseAbs2();
+    const Real c1 = 1 - std::pow(h_.beta1, Real(t_)), c2 = 1 - std::pow(h_.beta2, Real(t_));
+    const Vector<Scalar> delta =
+        -h_.lr * (m_ / c1).cwiseQuotient(((v_ / c2).cwiseSqrt().array() + h_.eps).matrix());
+    auto r = step_(con, theta, delta);  // direction = PΔ + γJ⁺c
+    theta += r.projected - h_.lr * step_.options().gamma * r.correction;
+    return r;
+  }
+
+ private:
+  Hyper h_;
+  NullSpaceStep<Scalar> step_;
+  Vector<Scalar> m_, v_;
+  long t_ = 0;
+};
+
+}  // namespace difflsq

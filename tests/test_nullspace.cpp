@@ -1,0 +1,223 @@
+// The null-space step (nullspace.hpp) against dense linear algebra, optimizers under
+// constraints against the KKT solution, and the projections against brute force.
+#include <doctest/doctest.h>
+
+#include <Eigen/Dense>
+#include <difflsq/difflsq.hpp>
+#include <random>
+
+#include "test_problems.hpp"
+
+using namespace difflsq;
+
+namespace {
+using Mat = Eigen::MatrixXd;
+using Vec = Eigen::VectorXd;
+
+Mat random_mat(Index m, Index n, unsigned seed) {
+  std::mt19937_64 gen(seed);
+  return test::random_matrix<double>(m, n, gen);
+}
+Vec random_vec(Index n, unsigned seed) { return random_mat(n, 1, seed).col(0); }
+
+NullSpaceOptions<double> tight() {
+  NullSpaceOptions<double> o;
+  o.tolerances = {.atol = 1e-14, .btol = 1e-14, .conlim = 0, .max_iterations = 1000};
+  return o;
+}
+}  // namespace
+
+TEST_CASE("null-space step: one step against dense projections") {
+  const Index k = 4, p = 12;
+  const Mat c = random_mat(k, p, 1);
+  const Vec d = random_vec(k, 2), theta = random_vec(p, 3), g = random_vec(p, 4);
+  const LinearConstraint con(c, d);
+  NullSpaceStep<double> step(tight());
+  const auto r = step(con, theta, g);
+  CHECK(r.converged());
+  const auto cod = c.completeOrthogonalDecomposition();
+  const Mat pinv = cod.pseudoInverse();
+  const Vec pg = g - pinv * (c * g);
+  const Vec z = c.transpose().completeOrthogonalDecomposition().solve(g);
+  const Vec delta = pinv * (c * theta - d);
+  CHECK((r.projected - pg).norm() < 1e-10 * g.norm());
+  CHECK((r.multipliers - z).norm() < 1e-10 * z.norm());
+  CHECK((r.correction - delta).norm() < 1e-10 * delta.norm());
+  CHECK((r.direction - (pg + delta)).norm() < 1e-10 * g.norm());
+  CHECK(r.constraint_norm == doctest::Approx((c * theta - d).norm()));
+  CHECK(r.projected_norm == doctest::Approx(pg.norm()));
+  CHECK((c * r.projected).norm() < 1e-10 * g.norm());  // Pg ∈ N(J)
+  // Feasible θ: the correction solve is skipped.
+  const Vec feasible = pinv * d;
+  const LinearConstraint con0(c, Vec(c * feasible));
+  const auto r0 = step(con0, feasible, g);
+  CHECK(r0.solves.size() == 1);
+  CHECK(r0.correction.norm() == 0);
+}
+
+TEST_CASE("constrained gradient descent converges to the KKT point of a quadratic") {
+  // min ½θᵀQθ − qᵀθ s.t. Cθ = d. KKT: Qθ + Cᵀν = q, Cθ = d; multipliers z = −ν (g = Jᵀz).
+  const Index k = 3, p = 10;
+  Mat q_mat = random_mat(p, p, 5);
+  q_mat = q_mat * q_mat.transpose() / double(p) + Mat::Identity(p, p);
+  const Vec q = random_vec(p, 6), d = random_vec(k, 7);
+  const Mat c = random_mat(k, p, 8);
+  Mat kkt = Mat::Zero(p + k, p + k);
+  kkt << q_mat, c.transpose(), c, Mat::Zero(k, k);
+  Vec rhs(p + k);
+  rhs << q, d;
+  const Vec sol = kkt.fullPivLu().solve(rhs);
+  const Vec theta_star = sol.head(p), nu = sol.tail(k);
+
+  const LinearConstraint con(c, d);
+  const double lr = 1.0 / Eigen::SelfAdjointEigenSolver<Mat>(q_mat).eigenvalues().maxCoeff();
+  NullSpaceOptions<double> o = tight();
+  o.gamma = 1.0 / lr;  // lr·γ = 1: a full Gauss–Newton correction
+  ConstrainedSgd<double> sgd(lr, o);
+  Vec theta = random_vec(p, 9);
+  std::vector<double> cnorm, pgnorm;
+  NullSpaceResult<double> last;
+  for (int it = 0; it < 400; ++it) {
+    const Vec g = q_mat * theta - q;
+    last = sgd.step(con, theta, g);
+    cnorm.push_back(last.constraint_norm);
+    pgnorm.push_back(last.projected_norm);
+  }
+  CHECK((theta - theta_star).norm() < 1e-8 * theta_star.norm());
+  CHECK((last.multipliers + nu).norm() < 1e-7 * nu.norm());
+  CHECK((c * theta - d).norm() < 1e-10);
+  // Primal feasibility after the first (full Gauss–Newton) step, stationarity → 0.
+  CHECK(cnorm[0] > 1e-3);
+  CHECK(cnorm[1] < 1e-10);
+  CHECK(pgnorm.back() < 1e-8 * pgnorm.front());
+}
+
+TEST_CASE("minimizing a quadratic form on the unit sphere finds the smallest eigenvector") {
+  const Index p = 8;
+  Mat s = random_mat(p, p, 10);
+  s = (s + s.transpose()).eval();
+  const Eigen::SelfAdjointEigenSolver<Mat> eig(s);
+  const Vec v_min = eig.eigenvectors().col(0);
+  // c(θ) = ‖θ‖² − 1, J = 2θᵀ.
+  auto sphere = make_constraint(
+      1, p, [](const auto& th, auto& c) { c[0] = th.squaredNorm() - 1; },
+      [](const auto& th, const auto& v, auto& y) { y[0] = 2 * th.dot(v); },
+      [](const auto& th, const auto& u, auto& w) { w = 2 * u[0] * th; });
+  static_assert(Constraint<decltype(sphere)>);
+  const double spread = eig.eigenvalues().maxCoeff() - eig.eigenvalues().minCoeff();
+  const double lr = 0.5 / spread;
+  NullSpaceOptions<double> o = tight();
+  o.gamma = 1.0 / lr;
+  ConstrainedSgd<double> sgd(lr, o);
+  Vec theta = random_vec(p, 11).normalized() * 1.3;
+  for (int it = 0; it < 3000; ++it) sgd.step(sphere, theta, Vec(2 * s * theta));
+  CHECK(std::abs(theta.norm() - 1) < 1e-8);
+  CHECK(std::abs(std::abs(theta.dot(v_min)) - 1) < 1e-6);
+}
+
+TEST_CASE("constrained Adam keeps linear constraints to 1e-6 while it trains") {
+  const Index k = 5, p = 30;
+  const Mat c = random_mat(k, p, 12);
+  const Vec d = random_vec(k, 13), target = random_vec(p, 14);
+  const LinearConstraint con(c, d);
+  NullSpaceOptions<double> o = tight();
+  const double lr = 1e-2;
+  o.gamma = 1.0 / lr;
+  ConstrainedAdam<double> adam({.lr = lr}, o);
+  Vec theta = Vec::Zero(p);
+  double worst = 0;
+  for (int it = 0; it < 2000; ++it) {
+    const Vec g = theta - target;  // loss ½‖θ − target‖²
+    adam.step(con, theta, g);
+    worst = std::max(worst, (c * theta - d).norm());
+  }
+  CHECK(worst < 1e-6);
+  // It trains: the loss falls well below its value at the first feasible point. (It does not
+  // reach the constrained minimizer, the projection of target onto {Cθ = d}: Adam's step mode
+  // stops where P·diag(√v)⁻¹g = 0, not where Pg = 0 — see docs/nullspace.md.)
+  const Mat pinv = c.completeOrthogonalDecomposition().pseudoInverse();
+  const Vec best = target - pinv * (c * target - d);
+  const Vec first = pinv * d;  // the feasible point the first step moves to
+  CHECK((theta - best).norm() < 0.75 * (first - best).norm());
+}
+
+TEST_CASE("null-space step: bad input and failures") {
+  const Mat c = random_mat(3, 6, 15);
+  const LinearConstraint con(c, Vec::Zero(3));
+  NullSpaceStep<double> step(tight());
+  CHECK_THROWS_AS((void)step(con, Vec::Zero(5), Vec::Zero(6)), std::invalid_argument);
+  Vec nan = Vec::Zero(6);
+  nan[1] = std::nan("");
+  CHECK_THROWS_AS((void)step(con, Vec::Zero(6), nan), std::invalid_argument);
+  CHECK_THROWS_AS(LinearConstraint(c, Vec::Zero(2)), std::invalid_argument);
+  NullSpaceOptions<double> limited = tight();
+  limited.tolerances.max_iterations = 1;
+  NullSpaceStep<double> short_step(limited);
+  CHECK_THROWS_AS((void)short_step(con, random_vec(6, 16), random_vec(6, 17)), SolveError);
+}
+
+namespace {
+/// Brute-force simplex projection: every support set S, y_S = x_S − (Σx_S − t)/|S|, keep the
+/// feasible candidate closest to x.
+Vec brute_simplex(const Vec& x, double total) {
+  const Index n = x.size();
+  Vec best;
+  double best_d = 1e300;
+  for (unsigned mask = 1; mask < (1u << n); ++mask) {
+    double sum = 0;
+    int count = 0;
+    for (Index i = 0; i < n; ++i)
+      if (mask & (1u << i)) sum += x[i], ++count;
+    const double shift = (sum - total) / count;
+    Vec y = Vec::Zero(n);
+    bool ok = true;
+    for (Index i = 0; i < n; ++i)
+      if (mask & (1u << i)) {
+        y[i] = x[i] - shift;
+        ok = ok && y[i] >= -1e-15;
+      }
+    if (ok && (y - x).norm() < best_d) best_d = (y - x).norm(), best = y;
+  }
+  return best;
+}
+}  // namespace
+
+TEST_CASE("projections against brute force") {
+  std::mt19937_64 gen(18);
+  std::normal_distribution<double> normal;
+  std::uniform_real_distribution<double> uniform;
+  for (int trial = 0; trial < 200; ++trial) {
+    const Index n = 1 + trial % 8;
+    Vec x(n);
+    for (Index i = 0; i < n; ++i) x[i] = 2 * normal(gen);
+    const double total = trial % 3 == 0 ? 1.0 : 0.5 + std::abs(normal(gen));
+    const Vec y = project_simplex<double>(x, total);
+    CHECK((y - brute_simplex(x, total)).norm() < 1e-12);
+    CHECK(y.minCoeff() >= 0);
+    CHECK(y.sum() == doctest::Approx(total));
+    // Box and non-negative: clamp is optimal coordinate-wise; check against a grid search.
+    const Vec b = project_box<double>(x, -0.5, 0.7);
+    for (Index i = 0; i < n; ++i) {
+      double best = -0.5, bd = 1e300;
+      for (int s = 0; s <= 1200; ++s) {
+        const double t = -0.5 + 1.2 * s / 1200.0;
+        if (std::abs(t - x[i]) < bd) bd = std::abs(t - x[i]), best = t;
+      }
+      CHECK(std::abs(b[i] - best) <= 0.5e-3 + 1e-12);
+    }
+    CHECK(project_nonnegative<double>(x) == project_box<double>(x, 0.0, 1e300));
+    // Ball: the projection is on the segment to the origin; no point of the ball is closer.
+    const Vec p = project_ball<double>(x, 0.8);
+    CHECK(p.norm() <= 0.8 + 1e-12);
+    for (int s = 0; s < 20; ++s) {
+      Vec q(n);
+      for (Index i = 0; i < n; ++i) q[i] = normal(gen);
+      const double radius = 0.8 * std::pow(uniform(gen), 1.0 / double(n));  // inside the ball
+      q *= radius / std::max(q.norm(), 1e-300);
+      CHECK((p - x).norm() <= (q - x).norm() + 1e-12);
+    }
+  }
+  CHECK_THROWS_AS(project_simplex<double>(Vec::Zero(3), -1.0), std::invalid_argument);
+  CHECK_THROWS_AS(project_box<double>(Vec::Zero(3), 1.0, 0.0), std::invalid_argument);
+  CHECK_THROWS_AS(project_ball<double>(Vec::Zero(3), -1.0), std::invalid_argument);
+}
