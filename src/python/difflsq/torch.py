@@ -21,7 +21,8 @@ import torch
 
 from . import _core
 
-__all__ = ["lstsq", "SolveError", "SolveWarning"]
+__all__ = ["lstsq", "SolveError", "SolveWarning", "NullSpaceOptimizer", "project_box",
+           "project_nonnegative", "project_simplex", "project_ball"]
 
 #: Raised when a forward or backward solve did not converge (``on_failure="raise"``).
 SolveError = _core.SolveError
@@ -297,3 +298,239 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
            "b_shape": tuple(b.shape)}
     x = _Lstsq.apply(cfg, A if op is None else None, b, damp_t, *params)
     return (x, info) if return_info else x
+
+
+# ------------------------------------------------------------------------------------------
+# The null-space step for equality-constrained training (docs/nullspace.md)
+
+_CONVERGED = (0, 1, 2, 4, 5)
+
+
+class NullSpaceOptimizer:
+    """Wraps a torch optimizer so that its updates keep equality constraints c(θ) = 0.
+
+    ``params``: the tensors ``optimizer`` updates (any shapes); ``constraint()``: returns the
+    1-D tensor c(θ) computed from them (it may close over a data batch). After
+    ``loss.backward()``, ``step()``:
+
+    * ``mode="gradient"`` (the paper's): the optimizer receives d = Pg + γ·J⁺c as the gradient;
+    * ``mode="step"`` (default): the optimizer proposes Δ from the raw gradient and the applied
+      update is PΔ − lr·γ·J⁺c (lr of each parameter's group). With SGD both modes coincide; with
+      Adam only this one keeps c(θ) = 0, as Adam's rescaling leaves the null space.
+
+    P is the orthogonal projection onto N(J), J = ∂c/∂θ; z = argmin ‖Jᵀz − g‖ the least-squares
+    multipliers; J⁺c the minimum-norm Gauss–Newton correction. J is never formed: Jᵀu is one
+    backward pass, J·v the double-backward trick. Each projection and the correction is a
+    difflsq least-squares solve (``method``, ``atol``, ``btol``, ``maxiter``); the correction is
+    skipped when c = 0. ``lr·γ = 1`` is a full Gauss–Newton correction.
+
+    ``diagnostics`` after each step: ``constraint_norm`` (‖c‖ before the step),
+    ``multipliers`` (z), ``projected_grad_norm`` (‖Pg‖), ``iterations`` and ``istop`` of the
+    solves, ``warmup`` (True while the first ``warmup`` steps run the plain optimizer). In step
+    mode, z and ‖Pg‖ cost one more solve; ``track_stationarity=False`` skips it (they are then
+    None).
+    """
+
+    def __init__(self, params, optimizer, constraint, gamma=1.0, mode="step", *,
+                 method="lsqr", atol=1e-10, btol=1e-10, maxiter=None, warmup=0,
+                 track_stationarity=True, on_failure="raise"):
+        self.params = [p for p in params]
+        if not self.params:
+            raise ValueError("difflsq.torch.NullSpaceOptimizer: no parameters")
+        if mode not in ("step", "gradient"):
+            raise ValueError(f"difflsq.torch.NullSpaceOptimizer: mode must be 'step' or "
+                             f"'gradient', got {mode!r}")
+        if on_failure not in ("raise", "warn", "ignore"):
+            raise ValueError(f"difflsq.torch.NullSpaceOptimizer: on_failure must be 'raise', "
+                             f"'warn' or 'ignore', got {on_failure!r}")
+        for i, p in enumerate(self.params):
+            _check_device(f"params[{i}]", p)
+            if not p.requires_grad:
+                raise ValueError(f"difflsq.torch.NullSpaceOptimizer: params[{i}] does not "
+                                 f"require grad")
+        self.optimizer, self.constraint = optimizer, constraint
+        self.gamma, self.mode = float(gamma), mode
+        self.method, self.atol, self.btol, self.maxiter = method, atol, btol, maxiter
+        self.warmup, self.track_stationarity = int(warmup), bool(track_stationarity)
+        self.on_failure = on_failure
+        self.diagnostics = {}
+        self._steps = 0
+        self._lr = self._learning_rates()
+
+    def _learning_rates(self):
+        lr = {}
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                lr[id(p)] = group.get("lr", 0.0)
+        missing = [i for i, p in enumerate(self.params) if id(p) not in lr]
+        if missing:
+            raise ValueError(f"difflsq.torch.NullSpaceOptimizer: params {missing} are not "
+                             f"updated by the optimizer")
+        return lr
+
+    def zero_grad(self, set_to_none=False):
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    # --- flat views -------------------------------------------------------------------------
+    def _flat(self, tensors):
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def _unflat(self, v):
+        out, i = [], 0
+        for p in self.params:
+            out.append(v[i:i + p.numel()].view_as(p))
+            i += p.numel()
+        return out
+
+    # --- J products by autograd ---------------------------------------------------------------
+    def _jacobian(self):
+        """c(θ) and the products v ↦ J v, u ↦ Jᵀu at the current θ (NumPy in and out)."""
+        import scipy.sparse.linalg as sla
+        with torch.enable_grad():
+            c = self.constraint()
+            if not torch.is_tensor(c) or c.dim() != 1:
+                raise ValueError("difflsq.torch.NullSpaceOptimizer: constraint() must return a "
+                                 "1-D tensor")
+            _check_device("constraint()", c)
+            if not torch.isfinite(c).all():
+                raise FloatingPointError("difflsq.torch.NullSpaceOptimizer: c(θ) is not finite")
+            u0 = torch.zeros_like(c, requires_grad=True)
+            jt_u0 = torch.autograd.grad(c, self.params, grad_outputs=u0, create_graph=True,
+                                        allow_unused=True)
+            jt_u0 = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, jt_u0)]
+            flat_jt_u0 = self._flat(jt_u0)  # Jᵀu0, linear in u0 (step() runs under no_grad)
+        dtype = self.params[0].dtype
+        k, n = c.numel(), sum(p.numel() for p in self.params)
+
+        def jt(u):  # Jᵀu: one backward pass through c
+            g = torch.autograd.grad(c, self.params, grad_outputs=torch.from_numpy(u).to(c.dtype),
+                                    retain_graph=True, allow_unused=True)
+            return self._flat([torch.zeros_like(p) if x is None else x
+                               for p, x in zip(self.params, g)]).detach().numpy()
+
+        def jv(v):  # J v = ∂(Jᵀu0)/∂u0 · v: the double-backward trick
+            if not flat_jt_u0.requires_grad:  # c does not depend on θ
+                return np.zeros(k, dtype=np.dtype(str(dtype).replace("torch.", "")))
+            (g,) = torch.autograd.grad(flat_jt_u0, u0, grad_outputs=torch.from_numpy(v).to(dtype),
+                                       retain_graph=True)
+            return g.detach().numpy()
+
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        J = sla.LinearOperator((k, n), matvec=jv, rmatvec=jt, dtype=np_dtype)
+        return c.detach(), J
+
+    def _solve(self, A, rhs, records):
+        from . import lsqr, lsmr, cgls
+        kw = dict(atol=self.atol, btol=self.btol, conlim=0)
+        if self.method == "lsqr":
+            out = lsqr(A, rhs, iter_lim=self.maxiter, **kw)
+        else:
+            out = (lsmr if self.method == "lsmr" else cgls)(A, rhs, maxiter=self.maxiter, **kw)
+        x, istop, itn = out[0], int(out[1]), int(out[2])
+        records.append((istop, itn))
+        if istop not in _CONVERGED:
+            msg = (f"difflsq.torch.NullSpaceOptimizer: a least-squares solve did not converge "
+                   f"(istop {istop} after {itn} iterations)")
+            if self.on_failure == "raise":
+                raise SolveError(msg)
+            if self.on_failure == "warn":
+                warnings.warn(msg, SolveWarning, stacklevel=3)
+        return x
+
+    def _project(self, J, v, records):
+        """(Pv, z): z = argmin ‖Jᵀz − v‖, Pv = v − Jᵀz."""
+        z = self._solve(J.adjoint(), v.numpy(), records)
+        pv = v - torch.from_numpy(J.rmatvec(z)).to(v.dtype)
+        return pv, torch.from_numpy(z).to(v.dtype)
+
+    @torch.no_grad()
+    def step(self):
+        self._steps += 1
+        self._lr = self._learning_rates()
+        records = []
+        if self._steps <= self.warmup:
+            cnorm = float(self.constraint().detach().norm())
+            self.optimizer.step()
+            self.diagnostics = {"constraint_norm": cnorm, "multipliers": None,
+                                "projected_grad_norm": None, "iterations": [], "istop": [],
+                                "warmup": True}
+            return
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in self.params]
+        g = self._flat(grads).detach().clone()
+        if self.mode == "step":
+            # The optimizer's proposal Δ from the raw gradient; θ goes back to where it was
+            # (through .data, so that the Jacobian below is built at the old θ).
+            old = [p.detach().clone() for p in self.params]
+            self.optimizer.step()
+            delta = self._flat([p.detach() - o for p, o in zip(self.params, old)])
+            for p, o in zip(self.params, old):
+                p.data.copy_(o)
+        c, J = self._jacobian()
+        cnorm = float(c.norm())
+        correction = (torch.from_numpy(self._solve(J, c.numpy(), records)).to(g.dtype)
+                      if cnorm > 0 else torch.zeros_like(g))
+        z = pg = None
+        if self.mode == "gradient" or self.track_stationarity:
+            pg, z = self._project(J, g, records)
+        if self.mode == "gradient":
+            d = pg + self.gamma * correction
+            for p, di in zip(self.params, self._unflat(d)):
+                if p.grad is None:
+                    p.grad = di.clone()
+                else:
+                    p.grad.copy_(di)
+            del c, J  # the graph of c(θ) is not needed once the optimizer moves θ
+            self.optimizer.step()
+        else:
+            pdelta, _ = self._project(J, delta, records)
+            lr = torch.cat([torch.full((p.numel(),), float(self._lr[id(p)]), dtype=g.dtype)
+                            for p in self.params])
+            update = pdelta - lr * self.gamma * correction
+            del c, J
+            for p, o, u in zip(self.params, old, self._unflat(update)):
+                p.copy_(o + u)
+        self.diagnostics = {
+            "constraint_norm": cnorm,
+            "multipliers": z,
+            "projected_grad_norm": None if pg is None else float(pg.norm()),
+            "iterations": [r[1] for r in records],
+            "istop": [r[0] for r in records],
+            "warmup": False,
+        }
+
+
+# --- exact projections onto simple sets (for inequality constraints) --------------------------
+
+def project_box(x, lo, hi):
+    """Clamp to lo <= y <= hi."""
+    if not lo <= hi:
+        raise ValueError("difflsq.torch.project_box: need lo <= hi")
+    return x.clamp(lo, hi)
+
+
+def project_nonnegative(x):
+    """The non-negative orthant."""
+    return x.clamp_min(0)
+
+
+def project_simplex(x, total=1.0):
+    """Euclidean projection of a 1-D tensor onto {y >= 0, sum(y) = total}, sort-based,
+    O(n log n)."""
+    if not (total > 0 and math.isfinite(total)):
+        raise ValueError("difflsq.torch.project_simplex: total must be finite and > 0")
+    if x.dim() != 1 or x.numel() == 0:
+        raise ValueError("difflsq.torch.project_simplex: x must be a non-empty 1-D tensor")
+    s, _ = torch.sort(x, descending=True)
+    cum = torch.cumsum(s, 0) - total
+    ks = torch.arange(1, x.numel() + 1, dtype=x.dtype)
+    t = cum / ks
+    rho = int(torch.nonzero(s > t).max())
+    return (x - t[rho]).clamp_min(0)
+
+
+def project_ball(x, radius=1.0):
+    """The ball ||y|| <= radius."""
+    if radius < 0:
+        raise ValueError("difflsq.torch.project_ball: radius must be >= 0")
+    n = x.norm()
+    return x if n <= radius else x * (radius / n)
