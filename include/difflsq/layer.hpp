@@ -134,6 +134,26 @@ struct TangentResult {
 };
 
 namespace detail {
+/// What a solve that did not converge does under `policy`; `what` names the solve.
+template <class Real>
+void on_failure(FailurePolicy policy, const std::function<void(const std::string&)>& warn,
+                const std::string& what, const Report<Real>& report) {
+  const std::string msg = what + ": " + to_string(report.status) + " after " +
+                          std::to_string(report.iterations) + " iterations";
+  switch (policy) {
+    case FailurePolicy::Raise:
+      throw SolveError(msg, report.status);
+    case FailurePolicy::Warn:
+      if (warn)
+        warn(msg);
+      else
+        std::fprintf(stderr, "warning: %s\n", msg.c_str());
+      break;
+    case FailurePolicy::Ignore:
+      break;
+  }
+}
+
 template <class Op>
 inline constexpr bool is_adjoint_v = false;
 template <class Op>
@@ -359,20 +379,7 @@ class LeastSquares {
   }
 
   void fail(const char* role, const Report<Real>& report) const {
-    const std::string msg = std::string("difflsq: ") + role + ": " + to_string(report.status) +
-                            " after " + std::to_string(report.iterations) + " iterations";
-    switch (opts_.on_failure) {
-      case FailurePolicy::Raise:
-        throw SolveError(msg, report.status);
-      case FailurePolicy::Warn:
-        if (opts_.warn)
-          opts_.warn(msg);
-        else
-          std::fprintf(stderr, "warning: %s\n", msg.c_str());
-        break;
-      case FailurePolicy::Ignore:
-        break;
-    }
+    detail::on_failure(opts_.on_failure, opts_.warn, std::string("difflsq: ") + role, report);
   }
 };
 

@@ -236,18 +236,9 @@ class NullSpaceStep {
     Workspace<Scalar>& ws = op.rows() >= op.cols() ? ws_tall_ : ws_wide_;
     const auto report = solve(opts_.method, ws, op, rhs, o);
     log.push_back({role, report});
-    if (!report.converged()) {
-      const std::string msg = std::string("difflsq: null-space step, ") + role + ": " +
-                              to_string(report.status) + " after " +
-                              std::to_string(report.iterations) + " iterations";
-      if (opts_.on_failure == FailurePolicy::Raise) throw SolveError(msg, report.status);
-      if (opts_.on_failure == FailurePolicy::Warn) {
-        if (opts_.warn)
-          opts_.warn(msg);
-        else
-          std::fprintf(stderr, "warning: %s\n", msg.c_str());
-      }
-    }
+    if (!report.converged())
+      detail::on_failure(opts_.on_failure, opts_.warn,
+                         std::string("difflsq: null-space step, ") + role, report);
     return ws.x;
   }
 
