@@ -171,3 +171,23 @@ def test_projections_against_brute_force():
         assert np.all(np.linalg.norm(p - x) <= np.linalg.norm(inside - x, axis=1) + 1e-12)
     with pytest.raises(ValueError):
         dt.project_simplex(torch.zeros(3), -1.0)
+
+
+def test_feasibility_tolerance_skips_the_correction_solve():
+    Q, q, C, d, _, _ = quadratic_problem(seed=10)
+    counts = []
+    for tol in (0.0, 1e3):
+        params = make_params(seed=11)
+        opt = dt.NullSpaceOptimizer(params, torch.optim.SGD(params, lr=0.05),
+                                    lambda: C @ flat(params) - d, gamma=20.0, feasibility_tol=tol)
+        x = flat(params)
+        (0.5 * x @ Q @ x - q @ x).backward()
+        before = float((C @ flat(params) - d).norm())
+        opt.step()
+        counts.append(len(opt.diagnostics["iterations"]))
+        after = float((C @ flat(params) - d).norm())
+        if tol == 0.0:
+            assert after < 1e-10
+        else:  # no correction: the projected step keeps c where it was
+            assert abs(after - before) < 1e-9 * before
+    assert counts == [3, 2]

@@ -322,7 +322,8 @@ class NullSpaceOptimizer:
     multipliers; J⁺c the minimum-norm Gauss–Newton correction. J is never formed: Jᵀu is one
     backward pass, J·v the double-backward trick. Each projection and the correction is a
     difflsq least-squares solve (``method``, ``atol``, ``btol``, ``maxiter``); the correction is
-    skipped when c = 0. ``lr·γ = 1`` is a full Gauss–Newton correction.
+    skipped when ‖c‖ <= ``feasibility_tol`` (default 0: only when c = 0). ``lr·γ = 1`` is a
+    full Gauss–Newton correction.
 
     ``diagnostics`` after each step: ``constraint_norm`` (‖c‖ before the step),
     ``multipliers`` (z), ``projected_grad_norm`` (‖Pg‖), ``iterations`` and ``istop`` of the
@@ -333,7 +334,7 @@ class NullSpaceOptimizer:
 
     def __init__(self, params, optimizer, constraint, gamma=1.0, mode="step", *,
                  method="lsqr", atol=1e-10, btol=1e-10, maxiter=None, warmup=0,
-                 track_stationarity=True, on_failure="raise"):
+                 track_stationarity=True, feasibility_tol=0.0, on_failure="raise"):
         self.params = [p for p in params]
         if not self.params:
             raise ValueError("difflsq.torch.NullSpaceOptimizer: no parameters")
@@ -352,6 +353,7 @@ class NullSpaceOptimizer:
         self.gamma, self.mode = float(gamma), mode
         self.method, self.atol, self.btol, self.maxiter = method, atol, btol, maxiter
         self.warmup, self.track_stationarity = int(warmup), bool(track_stationarity)
+        self.feasibility_tol = float(feasibility_tol)
         self.on_failure = on_failure
         self.diagnostics = {}
         self._steps = 0
@@ -402,11 +404,20 @@ class NullSpaceOptimizer:
         dtype = self.params[0].dtype
         k, n = c.numel(), sum(p.numel() for p in self.params)
 
+        buffer = torch.empty(n, dtype=dtype)  # reused: the caller copies each result out
+
         def jt(u):  # Jᵀu: one backward pass through c
             g = torch.autograd.grad(c, self.params, grad_outputs=torch.from_numpy(u).to(c.dtype),
                                     retain_graph=True, allow_unused=True)
-            return self._flat([torch.zeros_like(p) if x is None else x
-                               for p, x in zip(self.params, g)]).detach().numpy()
+            i = 0
+            for p, x in zip(self.params, g):
+                piece = buffer[i:i + p.numel()]
+                if x is None:
+                    piece.zero_()
+                else:
+                    piece.copy_(x.reshape(-1))
+                i += p.numel()
+            return buffer.numpy()
 
         def jv(v):  # J v = ∂(Jᵀu0)/∂u0 · v: the double-backward trick
             if not flat_jt_u0.requires_grad:  # c does not depend on θ
@@ -468,7 +479,7 @@ class NullSpaceOptimizer:
         c, J = self._jacobian()
         cnorm = float(c.norm())
         correction = (torch.from_numpy(self._solve(J, c.numpy(), records)).to(g.dtype)
-                      if cnorm > 0 else torch.zeros_like(g))
+                      if cnorm > self.feasibility_tol else torch.zeros_like(g))
         z = pg = None
         if self.mode == "gradient" or self.track_stationarity:
             pg, z = self._project(J, g, records)
