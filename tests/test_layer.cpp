@@ -181,7 +181,74 @@ TEST_CASE("layer: at most two extra solves when A has full rank") {
     auto op = parameterized(p.a);
     auto fwd = layer.forward(op, p.b, c.lam);
     const auto g = layer.backward(fwd, random_vec(c.n, 9));
-    CHECK(g.solves.size() == 2);
+    CHECK(g.solves.size() == (c.lam > 0 ? 1 : 2));  // λ = 0.1 here is "strongly damped" (G11)
+  }
+}
+
+namespace {
+/// The reverse rule by dense linear algebra: y = (AᵀA + λ²I)⁻¹x̄ from the augmented system
+/// [A; λI] y ≈ [0; x̄/λ] (accurate: its condition number is that of the damped problem).
+struct DenseGradients {
+  Mat a;
+  Vec b;
+  double lam;
+};
+DenseGradients dense_gradients(const Mat& a, const Vec& b, double lam, const Vec& xbar) {
+  Mat aug(a.rows() + a.cols(), a.cols());
+  aug << a, lam * Mat::Identity(a.cols(), a.cols());
+  Vec rhs = Vec::Zero(aug.rows());
+  rhs.tail(a.cols()) = xbar / lam;
+  const auto qr = aug.colPivHouseholderQr();
+  const Vec y = qr.solve(rhs);
+  const Vec x = dense_solution(a, b, lam), r = b - a * x, bbar = a * y;
+  return {r * y.transpose() - bbar * x.transpose(), bbar, -2 * lam * x.dot(y)};
+}
+}  // namespace
+
+TEST_CASE("layer: ill-conditioned A with damping, and small damping of a rank-deficient A") {
+  // A Gaussian blur (cond ≈ 3e13) with λ = 0.1: the damped problem is well conditioned, and the
+  // gradient must be as accurate as the solves (one damped backward solve, G11).
+  Mat blur(60, 30);
+  for (Index i = 0; i < 60; ++i)
+    for (Index j = 0; j < 30; ++j) {
+      const double t = double(i) / 59, u = double(j) / 29;
+      blur(i, j) = std::exp(-(t - u) * (t - u) / 0.02);
+    }
+  const Vec b = random_vec(60, 30), xbar = random_vec(30, 31);
+  // Small damping of a rank-deficient A (below the G11 threshold): the split rule (G5) with its
+  // null-space part q/λ².
+  const KnownSvdProblem<double> p(10, 6, spread(6, 10.0, 2), 32u);
+  struct Item {
+    const char* name;
+    Mat a;
+    Vec b;
+    double lam;
+  };
+  for (const Item& c : {Item{"blur", blur, b, 0.1}, Item{"rank-deficient", p.a, p.b, 1e-3}}) {
+    const std::string case_name = c.name;
+    CAPTURE(case_name);
+    const Vec w = c.name == std::string("blur") ? xbar : random_vec(6, 33);
+    for (Method method : {Method::Lsqr, Method::Lsmr}) {
+      LeastSquares<double> layer(tight(method));
+      auto op = parameterized(c.a);
+      auto fwd = layer.forward(op, c.b, c.lam);
+      const auto g = layer.backward(fwd, w);
+      CHECK(g.converged());
+      const DenseGradients ref = dense_gradients(c.a, c.b, c.lam, w);
+      CHECK(rel(a_bar(g, c.a.rows(), c.a.cols()), ref.a) < 1e-7);
+      CHECK(rel(g.b, ref.b) < 1e-7);
+      CHECK(g.solves.size() == (case_name == "blur" ? 1 : 2));
+      if (case_name == "blur") {
+        CHECK(std::abs(g.damp - ref.lam) < 1e-7 * std::abs(ref.lam));
+      } else {
+        // λ̄ = −2λ⟨x, y⟩ from the known SVD (y's null-space part, of size 1/λ², is ⟂ x; the
+        // dense y carries it with an absolute rounding error that swamps λ̄ here).
+        Vec coef = p.v.transpose() * w;
+        for (Index i = 0; i < coef.size(); ++i) coef[i] /= p.sigma[i] * p.sigma[i] + c.lam * c.lam;
+        const double lam_bar = -2 * c.lam * p.solution(c.lam).dot(p.v * coef);
+        CHECK(std::abs(g.damp - lam_bar) < 1e-7 * std::abs(lam_bar));
+      }
+    }
   }
 }
 

@@ -4,7 +4,8 @@
 //     x(θ, b, λ) = argmin_x ‖A(θ) x − b‖² + λ² ‖x‖²   (minimum-norm where not unique)   (1)
 //
 // without storing iterates: the derivative rules are least-squares solves of their own
-// (docs/gradients.md derives every formula used below; equation numbers (G…) refer to it).
+// (docs/gradients.md derives every formula used below; equation numbers (G…) refer to it):
+// one damped solve when λ is large enough (G11), else two, undamped and damped (G5, G6).
 //
 //     difflsq::LeastSquares<double> layer({.method = difflsq::Method::Lsmr});
 //     auto A = difflsq::parameterized(M);          // θ = entries of M
@@ -203,7 +204,18 @@ class LeastSquares {
     const auto& tol = backward_tolerances();
     Gradients<Scalar> g;
     Vector<Scalar> tmp(n);
-    if (m >= n) {
+    if (strongly_damped(f)) {
+      // (G11): one damped solve, b̄ = argmin ‖Aᵀc − x̄‖² + λ²‖c‖², and y = s/λ² from its
+      // residual s = x̄ − Aᵀb̄ = λ²y; no undamped solve, whose cost and accuracy would depend on
+      // cond(A) rather than on the damped problem.
+      g.b = run("backward: min |A^T c - xbar|^2 + damp^2 |c|^2", at, xbar, lam, nullptr, tol,
+                g.solves);
+      a.apply_adjoint(g.b, tmp);
+      Vector<Scalar> y = (xbar - tmp) / lam2;
+      g.damp = -2 * lam * f.x.dot(y);
+      g.a_terms.emplace_back(f.r, std::move(y));
+      g.a_terms.emplace_back(-g.b, f.x);
+    } else if (m >= n) {
       // Tall (G5): split x̄ = Aᵀp + q, q the part of x̄ in N(A); y = (AᵀA + λ²I)⁻¹x̄.
       const Vector<Scalar> p = run("backward: min |A^T p - xbar|", at, xbar, 0, nullptr, tol,
                                    g.solves);
@@ -215,9 +227,9 @@ class LeastSquares {
       Vector<Scalar> y = run("backward: min |Ay - p|^2 + damp^2 |y|^2", a, p, lam, nullptr, tol,
                              g.solves);
       g.b.resize(m);
-      a.apply(y, g.b);                        // b̄ = A y (G3)
+      a.apply(y, g.b);                 // b̄ = A y (G3)
+      g.damp = -2 * lam * f.x.dot(y);  // (G4); q ⟂ x, so q/λ² would add only rounding
       if (null_part && lam > 0) y += q / lam2;  // (AᵀA + λ²I)⁻¹q = q/λ² for q ∈ N(A)
-      g.damp = -2 * lam * f.x.dot(y);         // (G4)
       g.a_terms.emplace_back(f.r, y);         // Ā = r yᵀ − b̄ xᵀ (G2)
       g.a_terms.emplace_back(-g.b, f.x);
       if (null_part && lam == 0) g.a_terms.emplace_back(dual(f, g.solves), q);  // (G7)
@@ -276,7 +288,7 @@ class LeastSquares {
     // (G8): (AᵀA + λ²I) ẋ = Aᵀc + w with c = ḃ − Ȧx and w = Ȧᵀr − 2λλ̇x.
     Vector<Scalar> c = t.b ? *t.b : Vector<Scalar>::Zero(m);
     if (t.theta) c -= ad_x;
-    if (lam > 0 && m >= n) {
+    if (lam > 0 && m >= n && !strongly_damped(f)) {
       Vector<Scalar> w = (-2 * lam * dlam) * f.x;
       if (t.theta) w += ad_r;
       if (w.squaredNorm() == 0) {
@@ -292,12 +304,12 @@ class LeastSquares {
                              above_noise(q.norm(), w.norm(), out.solves.back().report.anorm,
                                          p.norm(), tol);
       c += p;
-      out.x = run("jvp: min |Ax' - c - p|^2 + damp^2 |x'|^2", a, c, lam, nullptr, tol,
-                  out.solves);
+      out.x = run("jvp: min |Ax' - c|^2 + damp^2 |x'|^2", a, c, lam, nullptr, tol, out.solves);
       if (null_part) out.x += q / lam2;
       return out;
     }
-    // Wide, or λ = 0 (G9): with the dual z (x = Aᵀz, r = λ²z), Aᵀc + w = Aᵀ(c − 2λλ̇z) + λ²Ȧᵀz,
+    // Wide, strongly damped, or λ = 0 (G8): with the dual z (x = Aᵀz, r = λ²z),
+    // Aᵀc + w = Aᵀ(c − 2λλ̇z) + λ²Ȧᵀz,
     // so ẋ = argmin |Ax' − (c − 2λλ̇z)|² + λ²|x' − Ȧᵀz|²: one solve started at x0 = Ȧᵀz.
     const Vector<Scalar>& z = dual(f, out.solves);
     if (lam > 0) c -= (2 * lam * dlam) * z;
@@ -343,8 +355,24 @@ class LeastSquares {
 
   /// The dual solution z = (AAᵀ + λ²I)⁺b (G9): z_R = (Aᵀ)⁺x by a solve, plus the part of
   /// r = λ²z outside range(A), which that solve cannot see, divided by λ².
+  /// Whether λ is large enough for the rules that divide by λ² (G11): their relative error is
+  /// about tol·‖A‖²/λ², which this keeps below √tol (‖A‖ by the forward solve's estimate of
+  /// ‖[A; λI]‖_F, an upper bound).
+  template <LinearOperator Op>
+  bool strongly_damped(const Forward<Op>& f) const {
+    const auto& t = backward_tolerances();
+    constexpr Real eps = std::numeric_limits<Real>::epsilon();
+    const Real tol = std::max({t.atol, t.btol, opts_.forward.atol, opts_.forward.btol, eps});
+    const Real anorm = f.report.anorm;
+    return f.damp > 0 && f.damp * f.damp >= std::sqrt(tol) * anorm * anorm;
+  }
+
   template <LinearOperator Op>
   const Vector<Scalar>& dual(Forward<Op>& f, std::vector<SolveRecord<Real>>& log) {
+    if (!f.dual && strongly_damped(f)) {
+      f.dual = f.r / (f.damp * f.damp);  // r = λ²z (G1, G11)
+      f.residual_outside_range = false;
+    }
     if (!f.dual) {
       const AdjointOperator<Op> at(*f.op);
       Vector<Scalar> z =
