@@ -86,6 +86,10 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
+    // The rule runs on raw memory: its result is not differentiable again.
+    if (torch::GradMode::is_enabled())
+      throw std::runtime_error(
+          "difflsq::lstsq does not support double backward (create_graph = true)");
     const auto saved = ctx->get_saved_variables();
     const auto& a = saved[0];
     const auto xbar = grads[0].reshape({a.size(1), -1}).contiguous();

@@ -231,3 +231,12 @@ def test_inputs_are_not_modified():
     A0, b0 = A.detach().clone(), b.detach().clone()
     dt.lstsq(A, b, 0.1).sum().backward()
     assert torch.equal(A.detach(), A0) and torch.equal(b.detach(), b0)
+
+
+def test_in_place_change_of_A_before_backward_is_caught():
+    A = torch.randn(6, 3, dtype=F64, requires_grad=True)
+    x = dt.lstsq(A, torch.randn(6, dtype=F64), 0.1, **TIGHT)
+    with torch.no_grad():
+        A.mul_(2)
+    with pytest.raises(RuntimeError, match="inplace"):
+        x.sum().backward()

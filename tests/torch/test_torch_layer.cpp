@@ -89,6 +89,11 @@ DOCTEST_TEST_CASE("LibTorch layer: float32 is kept; bad input and failures are r
   DOCTEST_CHECK_THROWS_AS(difflsq::lstsq(a, b, -1.0), std::invalid_argument);
   DOCTEST_CHECK_THROWS_AS(difflsq::lstsq(a.to(torch::kMeta), b.to(torch::kMeta), 0.0),
                   std::invalid_argument);
+  // Double backward: a clear error instead of silently zero second derivatives.
+  auto a2 = a.clone().requires_grad_(true);
+  const auto x2 = difflsq::lstsq(a2, b, 0.1, o);
+  DOCTEST_CHECK_THROWS_AS(torch::autograd::grad({x2.sum()}, {a2}, {}, true, true),
+                          std::runtime_error);
   difflsq::TorchLstsqOptions limit;
   limit.forward.max_iterations = 1;
   DOCTEST_CHECK_THROWS_AS(difflsq::lstsq(a, b, 0.0, limit), difflsq::SolveError);

@@ -64,7 +64,10 @@ class _Lstsq(torch.autograd.Function):
                                                   damp_value) for j in range(B.shape[1])]
         cfg["info"]["forward"] = [f.report for f in fwds]
         ctx.cfg, ctx.fwds = cfg, fwds
-        ctx.save_for_backward(*params)
+        # A is saved (its memory is what the C++ context reads) so that autograd's version
+        # check catches an in-place change of A between forward and backward.
+        ctx.n_params = len(params)
+        ctx.save_for_backward(A, *params)
         X = torch.stack([torch.from_numpy(f.x) for f in fwds], dim=1)
         return X.reshape((n,) + tuple(b.shape[1:])).to(dtype)
 
@@ -98,7 +101,7 @@ class _Lstsq(torch.autograd.Function):
         grad_A = abar.to(dtype) if (needs[1] and abar is not None) else None
         grad_b = torch.stack(grad_b_cols, dim=1).reshape((m,) + tuple(grad_x.shape[1:])).to(dtype)
         grad_damp_t = torch.tensor(grad_damp, dtype=dtype) if needs[3] else None
-        params = ctx.saved_tensors
+        params = ctx.saved_tensors[1:]
         grad_params = [None] * len(params)
         want = [i for i, p in enumerate(params) if needs[4 + i]]
         if want and terms:
