@@ -154,6 +154,13 @@ TEST_CASE("null-space step: bad input and failures") {
   limited.tolerances.max_iterations = 1;
   NullSpaceStep<double> short_step(limited);
   CHECK_THROWS_AS((void)short_step(con, random_vec(6, 16), random_vec(6, 17)), SolveError);
+  // Adam: bad gradients are rejected, and a failed step leaves θ unchanged.
+  ConstrainedAdam<double> adam({}, limited);
+  Vec theta = random_vec(6, 18);
+  const Vec theta0 = theta;
+  CHECK_THROWS_AS((void)adam.step(con, theta, Vec::Zero(5)), std::invalid_argument);
+  CHECK_THROWS_AS((void)adam.step(con, theta, random_vec(6, 19)), SolveError);
+  CHECK(theta == theta0);
 }
 
 namespace {

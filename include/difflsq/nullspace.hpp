@@ -278,22 +278,29 @@ class ConstrainedAdam {
   };
   explicit ConstrainedAdam(Hyper h, NullSpaceOptions<Scalar> options = {})
       : h_(h), step_(std::move(options)) {}
+  /// One step; the returned result's `projected` is PΔ (Adam's step, projected) and its
+  /// `multipliers` those of Δ. The moments change only when the step succeeds.
   template <Constraint C>
   NullSpaceResult<Scalar> step(const C& con, Eigen::Ref<Vector<Scalar>> theta,
                                Eigen::Ref<const Vector<Scalar>> grad) {
-    if (m_.size() != theta.size()) {
-      m_ = Vector<Scalar>::Zero(theta.size());
-      v_ = Vector<Scalar>::Zero(theta.size());
-      t_ = 0;
-    }
-    ++t_;
-    m_ = h_.beta1 * m_ + (1 - h_.beta1) * grad;
-    v_ = h_.beta2 * v_ + (1 - h_.beta2) * grad.cwiseAbs2();
-    const Real c1 = 1 - std::pow(h_.beta1, Real(t_)), c2 = 1 - std::pow(h_.beta2, Real(t_));
+    if (grad.size() != theta.size() || !grad.allFinite())
+      throw std::invalid_argument("difflsq::ConstrainedAdam: the gradient must be finite and as "
+                                  "long as theta");
+    const bool fresh = m_.size() != theta.size();
+    const long t = fresh ? 1 : t_ + 1;
+    const Vector<Scalar> m = fresh ? Vector<Scalar>((1 - h_.beta1) * grad)
+                                   : Vector<Scalar>(h_.beta1 * m_ + (1 - h_.beta1) * grad);
+    const Vector<Scalar> v =
+        fresh ? Vector<Scalar>((1 - h_.beta2) * grad.cwiseAbs2())
+              : Vector<Scalar>(h_.beta2 * v_ + (1 - h_.beta2) * grad.cwiseAbs2());
+    const Real c1 = 1 - std::pow(h_.beta1, Real(t)), c2 = 1 - std::pow(h_.beta2, Real(t));
     const Vector<Scalar> delta =
-        -h_.lr * (m_ / c1).cwiseQuotient(((v_ / c2).cwiseSqrt().array() + h_.eps).matrix());
-    auto r = step_(con, theta, delta);  // direction = PΔ + γJ⁺c
+        -h_.lr * (m / c1).cwiseQuotient(((v / c2).cwiseSqrt().array() + h_.eps).matrix());
+    auto r = step_(con, theta, delta);  // PΔ and J⁺c; throws before anything changes
     theta += r.projected - h_.lr * step_.options().gamma * r.correction;
+    m_ = m;
+    v_ = v;
+    t_ = t;
     return r;
   }
 

@@ -240,3 +240,14 @@ def test_in_place_change_of_A_before_backward_is_caught():
         A.mul_(2)
     with pytest.raises(RuntimeError, match="inplace"):
         x.sum().backward()
+
+
+def test_callable_with_a_non_tensor_parameter():
+    g = torch.Generator().manual_seed(12)
+    W = torch.randn(7, 4, dtype=F64, generator=g, requires_grad=True)
+    b = torch.randn(7, dtype=F64, generator=g)
+    x = dt.lstsq(lambda v, W, s: s * (W @ v), b, 0.2, params=(W, 2.0), shape=(7, 4), **TIGHT)
+    x.sum().backward()
+    W2 = (2.0 * W.detach()).requires_grad_()
+    dt.lstsq(W2, b, 0.2, **TIGHT).sum().backward()
+    assert torch.allclose(W.grad, 2.0 * W2.grad, rtol=1e-9)

@@ -66,8 +66,10 @@ class _Lstsq(torch.autograd.Function):
         ctx.cfg, ctx.fwds = cfg, fwds
         # A is saved (its memory is what the C++ context reads) so that autograd's version
         # check catches an in-place change of A between forward and backward.
-        ctx.n_params = len(params)
-        ctx.save_for_backward(A, *params)
+        # Non-tensor params are kept on ctx (save_for_backward takes tensors only).
+        ctx.param_slots = [torch.is_tensor(p) for p in params]
+        ctx.other_params = [p for p in params if not torch.is_tensor(p)]
+        ctx.save_for_backward(A, *[p for p in params if torch.is_tensor(p)])
         X = torch.stack([torch.from_numpy(f.x) for f in fwds], dim=1)
         return X.reshape((n,) + tuple(b.shape[1:])).to(dtype)
 
@@ -101,7 +103,8 @@ class _Lstsq(torch.autograd.Function):
         grad_A = abar.to(dtype) if (needs[1] and abar is not None) else None
         grad_b = torch.stack(grad_b_cols, dim=1).reshape((m,) + tuple(grad_x.shape[1:])).to(dtype)
         grad_damp_t = torch.tensor(grad_damp, dtype=dtype) if needs[3] else None
-        params = ctx.saved_tensors[1:]
+        tensors, others = iter(ctx.saved_tensors[1:]), iter(ctx.other_params)
+        params = [next(tensors) if is_tensor else next(others) for is_tensor in ctx.param_slots]
         grad_params = [None] * len(params)
         want = [i for i, p in enumerate(params) if needs[4 + i]]
         if want and terms:
