@@ -189,6 +189,10 @@ class LeastSquares {
     return f;
   }
 
+  /// The context keeps a pointer to the operator: a temporary would dangle.
+  template <LinearOperator Op>
+  Forward<Op> forward(const Op&& a, Eigen::Ref<const Vector<Scalar>> b, Real damp = 0) = delete;
+
   /// Reverse mode: b̄, λ̄ and θ̄ (or the factors of Ā) for the cotangent x̄ = ∂L/∂x.
   template <LinearOperator Op>
   Gradients<Scalar> backward(Forward<Op>& f, Eigen::Ref<const Vector<Scalar>> xbar) {
