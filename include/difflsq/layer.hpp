@@ -78,6 +78,14 @@ struct SolveRecord {
   Report<Real> report;
 };
 
+/// Whether every solve in `solves` converged.
+template <class Real>
+bool all_converged(const std::vector<SolveRecord<Real>>& solves) {
+  for (const auto& s : solves)
+    if (!s.report.converged()) return false;
+  return true;
+}
+
 /// The forward pass: the solution and report, plus what backward() and jvp() need (O(m + n)
 /// memory whatever the iteration count).
 template <LinearOperator Op>
@@ -107,11 +115,7 @@ struct Gradients {
   /// ∂L/∂A = Σ u vᵀ over these pairs, for operators whose parameters the caller handles.
   std::vector<std::pair<Vector<Scalar>, Vector<Scalar>>> a_terms;
   std::vector<SolveRecord<Real>> solves;  ///< the solves made, in order
-  bool converged() const {
-    for (const auto& s : solves)
-      if (!s.report.converged()) return false;
-    return true;
-  }
+  bool converged() const { return all_converged(solves); }
 };
 
 /// Forward mode: tangents of the inputs (absent = zero).
@@ -127,11 +131,7 @@ struct TangentResult {
   using Real = RealOf<Scalar>;
   Vector<Scalar> x;  ///< ẋ
   std::vector<SolveRecord<Real>> solves;
-  bool converged() const {
-    for (const auto& s : solves)
-      if (!s.report.converged()) return false;
-    return true;
-  }
+  bool converged() const { return all_converged(solves); }
 };
 
 namespace detail {

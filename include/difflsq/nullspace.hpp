@@ -153,11 +153,7 @@ struct NullSpaceResult {
   Real constraint_norm = 0;    ///< ‖c(θ)‖
   Real projected_norm = 0;     ///< ‖Pv‖ (for v = g: the Lagrangian stationarity measure)
   std::vector<SolveRecord<Real>> solves;
-  bool converged() const {
-    for (const auto& s : solves)
-      if (!s.report.converged()) return false;
-    return true;
-  }
+  bool converged() const { return all_converged(solves); }
 };
 
 /// Computes null-space steps; holds the solver workspaces (one object per thread).
