@@ -59,6 +59,10 @@ concept HasApplyAdd = requires(const Op& op, Eigen::Ref<const Vector<typename Op
   op.apply_adjoint_add(in, out);
 };
 
+// The vector updates below accumulate their norm in four partial sums, combined pairwise: a
+// single running sum is one chain of dependent additions that the compiler may not reassociate,
+// and it kept the loops from vectorizing.
+
 /// LSQR's vector work of one iteration in one pass [PS82, (4.12)]: returns ‖w‖² (before the
 /// update) and does x += t1·D w, w = v + t2·w (D = diag(d), or I when d is null).
 template <class Scalar>
@@ -66,27 +70,36 @@ RealOf<Scalar> lsqr_update(Vector<Scalar>& x, Vector<Scalar>& w, const Vector<Sc
                            RealOf<Scalar> t1, RealOf<Scalar> t2, const Vector<RealOf<Scalar>>* d) {
   using Real = RealOf<Scalar>;
   const Index n = x.size();
-  Scalar* xp = x.data();
-  Scalar* wp = w.data();
-  const Scalar* vp = v.data();
-  Real ww = 0;
-  if (d) {
-    const Real* dp = d->data();
-    for (Index j = 0; j < n; ++j) {
-      const Scalar wj = wp[j];
-      ww += Eigen::numext::abs2(wj);
-      xp[j] += (t1 * dp[j]) * wj;
-      wp[j] = vp[j] + t2 * wj;
-    }
+  Scalar* __restrict xp = x.data();
+  Scalar* __restrict wp = w.data();
+  const Scalar* __restrict vp = v.data();
+  const Real* __restrict dp = d ? d->data() : nullptr;
+  Real acc[4] = {0, 0, 0, 0};
+  Index j = 0;
+  if (dp) {
+    for (; j + 4 <= n; j += 4)
+      for (int l = 0; l < 4; ++l) {
+        const Scalar wj = wp[j + l];
+        acc[l] += Eigen::numext::abs2(wj);
+        xp[j + l] += (t1 * dp[j + l]) * wj;
+        wp[j + l] = vp[j + l] + t2 * wj;
+      }
   } else {
-    for (Index j = 0; j < n; ++j) {
-      const Scalar wj = wp[j];
-      ww += Eigen::numext::abs2(wj);
-      xp[j] += t1 * wj;
-      wp[j] = vp[j] + t2 * wj;
-    }
+    for (; j + 4 <= n; j += 4)
+      for (int l = 0; l < 4; ++l) {
+        const Scalar wj = wp[j + l];
+        acc[l] += Eigen::numext::abs2(wj);
+        xp[j + l] += t1 * wj;
+        wp[j + l] = vp[j + l] + t2 * wj;
+      }
   }
-  return ww;
+  for (; j < n; ++j) {
+    const Scalar wj = wp[j];
+    acc[0] += Eigen::numext::abs2(wj);
+    xp[j] += (dp ? t1 * dp[j] : t1) * wj;
+    wp[j] = vp[j] + t2 * wj;
+  }
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
 /// LSMR's vector work of one iteration in one pass [FS11, (3.3)]: h̄ = h + c_hbar·h̄,
@@ -97,21 +110,43 @@ RealOf<Scalar> lsmr_update(Vector<Scalar>& x, Vector<Scalar>& h, Vector<Scalar>&
                            RealOf<Scalar> c_h, const Vector<RealOf<Scalar>>* d) {
   using Real = RealOf<Scalar>;
   const Index n = x.size();
-  Scalar* xp = x.data();
-  Scalar* hp = h.data();
-  Scalar* hb = hbar.data();
-  const Scalar* vp = v.data();
-  const Real* dp = d ? d->data() : nullptr;
-  Real xx = 0;
-  for (Index j = 0; j < n; ++j) {
+  Scalar* __restrict xp = x.data();
+  Scalar* __restrict hp = h.data();
+  Scalar* __restrict hb = hbar.data();
+  const Scalar* __restrict vp = v.data();
+  const Real* __restrict dp = d ? d->data() : nullptr;
+  Real acc[4] = {0, 0, 0, 0};
+  Index j = 0;
+  if (dp) {
+    for (; j + 4 <= n; j += 4)
+      for (int l = 0; l < 4; ++l) {
+        const Scalar hbj = hp[j + l] + c_hbar * hb[j + l];
+        hb[j + l] = hbj;
+        const Scalar xj = xp[j + l] + (c_x * dp[j + l]) * hbj;
+        xp[j + l] = xj;
+        acc[l] += Eigen::numext::abs2(xj);
+        hp[j + l] = vp[j + l] + c_h * hp[j + l];
+      }
+  } else {
+    for (; j + 4 <= n; j += 4)
+      for (int l = 0; l < 4; ++l) {
+        const Scalar hbj = hp[j + l] + c_hbar * hb[j + l];
+        hb[j + l] = hbj;
+        const Scalar xj = xp[j + l] + c_x * hbj;
+        xp[j + l] = xj;
+        acc[l] += Eigen::numext::abs2(xj);
+        hp[j + l] = vp[j + l] + c_h * hp[j + l];
+      }
+  }
+  for (; j < n; ++j) {
     const Scalar hbj = hp[j] + c_hbar * hb[j];
     hb[j] = hbj;
     const Scalar xj = xp[j] + (dp ? c_x * dp[j] : c_x) * hbj;
     xp[j] = xj;
-    xx += Eigen::numext::abs2(xj);
+    acc[0] += Eigen::numext::abs2(xj);
     hp[j] = vp[j] + c_h * hp[j];
   }
-  return xx;
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
 /// Operators that fuse y ← A x − a·y with the computation of ‖y‖² (CompressedOperator).
