@@ -13,8 +13,11 @@
 //     auto grads = layer.backward(fwd, xbar);      // grads.b, grads.damp, grads.theta
 //     auto tan = layer.jvp(fwd, {.theta = Mdot, .b = bdot, .damp = 1.0});   // tan.x
 //
-// Real scalars (float, double). The operator passed to forward() must outlive the Forward
-// object. A LeastSquares object holds workspaces: use one per thread.
+// Scalars: float, double, std::complex<float>, std::complex<double>. For complex data, ᵀ becomes ᴴ,
+// ⟨u, v⟩ = Re(uᴴv), and gradients follow PyTorch's convention for a real loss L: the gradient
+// with respect to z is ∂L/∂Re z + i ∂L/∂Im z (docs/gradients.md, "Complex scalars"). The operator
+// passed to forward() must outlive the Forward object. A LeastSquares object holds workspaces:
+// use one per thread.
 #pragma once
 
 #include <Eigen/Core>
@@ -112,7 +115,7 @@ struct Gradients {
   Vector<Scalar> b;       ///< ∂L/∂b
   Real damp = 0;          ///< ∂L/∂λ
   Vector<Scalar> theta;   ///< ∂L/∂θ for a ParameterizedOperator, else empty
-  /// ∂L/∂A = Σ u vᵀ over these pairs, for operators whose parameters the caller handles.
+  /// ∂L/∂A = Σ u vᴴ over these pairs, for operators whose parameters the caller handles.
   std::vector<std::pair<Vector<Scalar>, Vector<Scalar>>> a_terms;
   std::vector<SolveRecord<Real>> solves;  ///< the solves made, in order
   bool converged() const { return all_converged(solves); }
@@ -165,8 +168,6 @@ template <class Scalar>
 class LeastSquares {
  public:
   using Real = RealOf<Scalar>;
-  static_assert(!Eigen::NumTraits<Scalar>::IsComplex,
-                "difflsq::LeastSquares: real scalars only (float, double)");
 
   explicit LeastSquares(LeastSquaresOptions<Scalar> options = {}) : opts_(std::move(options)) {}
   const LeastSquaresOptions<Scalar>& options() const { return opts_; }
@@ -209,18 +210,18 @@ class LeastSquares {
     Gradients<Scalar> g;
     Vector<Scalar> tmp(n);
     if (strongly_damped(f)) {
-      // (G11): one damped solve, b̄ = argmin ‖Aᵀc − x̄‖² + λ²‖c‖², and y = s/λ² from its
-      // residual s = x̄ − Aᵀb̄ = λ²y; no undamped solve, whose cost and accuracy would depend on
+      // (G11): one damped solve, b̄ = argmin ‖Aᴴc − x̄‖² + λ²‖c‖², and y = s/λ² from its
+      // residual s = x̄ − Aᴴb̄ = λ²y; no undamped solve, whose cost and accuracy would depend on
       // cond(A) rather than on the damped problem.
       g.b = run("backward: min |A^T c - xbar|^2 + damp^2 |c|^2", at, xbar, lam, nullptr, tol,
                 g.solves);
       a.apply_adjoint(g.b, tmp);
       Vector<Scalar> y = (xbar - tmp) / lam2;
-      g.damp = -2 * lam * f.x.dot(y);
+      g.damp = -2 * lam * std::real(f.x.dot(y));  // (G4); Eigen's dot is xᴴy
       g.a_terms.emplace_back(f.r, std::move(y));
       g.a_terms.emplace_back(-g.b, f.x);
     } else if (m >= n) {
-      // Tall (G5): split x̄ = Aᵀp + q, q the part of x̄ in N(A); y = (AᵀA + λ²I)⁻¹x̄.
+      // Tall (G5): split x̄ = Aᴴp + q, q the part of x̄ in N(A); y = (AᴴA + λ²I)⁻¹x̄.
       const Vector<Scalar> p = run("backward: min |A^T p - xbar|", at, xbar, 0, nullptr, tol,
                                    g.solves);
       a.apply_adjoint(p, tmp);
@@ -232,19 +233,19 @@ class LeastSquares {
                              g.solves);
       g.b.resize(m);
       a.apply(y, g.b);                 // b̄ = A y (G3)
-      g.damp = -2 * lam * f.x.dot(y);  // (G4); q ⟂ x, so q/λ² would add only rounding
-      if (null_part && lam > 0) y += q / lam2;  // (AᵀA + λ²I)⁻¹q = q/λ² for q ∈ N(A)
-      g.a_terms.emplace_back(f.r, y);         // Ā = r yᵀ − b̄ xᵀ (G2)
+      g.damp = -2 * lam * std::real(f.x.dot(y));  // (G4); q ⟂ x: q/λ² would add only rounding
+      if (null_part && lam > 0) y += q / lam2;  // (AᴴA + λ²I)⁻¹q = q/λ² for q ∈ N(A)
+      g.a_terms.emplace_back(f.r, y);         // Ā = r yᴴ − b̄ xᴴ (G2)
       g.a_terms.emplace_back(-g.b, f.x);
       if (null_part && lam == 0) g.a_terms.emplace_back(dual(f, g.solves), q);  // (G7)
     } else {
-      // Wide (G6): b̄ = (AAᵀ + λ²I)⁺ A x̄ directly; s = x̄ − Aᵀb̄ = λ²y; Ā = z sᵀ − b̄ xᵀ.
+      // Wide (G6): b̄ = (AAᴴ + λ²I)⁺ A x̄ directly; s = x̄ − Aᴴb̄ = λ²y; Ā = z sᴴ − b̄ xᴴ.
       g.b = run("backward: min |A^T c - xbar|^2 + damp^2 |c|^2", at, xbar, lam, nullptr, tol,
                 g.solves);
       a.apply_adjoint(g.b, tmp);
       Vector<Scalar> s = xbar - tmp;
       const Vector<Scalar>& z = dual(f, g.solves);
-      g.damp = -2 * lam * z.dot(g.b);
+      g.damp = -2 * lam * std::real(z.dot(g.b));
       g.a_terms.emplace_back(z, std::move(s));
       g.a_terms.emplace_back(-g.b, f.x);
       if (f.residual_outside_range && lam == 0) {  // (G7)
@@ -271,7 +272,7 @@ class LeastSquares {
                                   std::to_string(m));
     if (!std::isfinite(t.damp))
       throw std::invalid_argument(std::string(who) + "tangent of damp is not finite");
-    Vector<Scalar> ad_x, ad_r;  // Ȧx and Ȧᵀr
+    Vector<Scalar> ad_x, ad_r;  // Ȧx and Ȧᴴr
     if (t.theta) {
       if constexpr (ParameterizedOperator<Op>) {
         if (t.theta->size() != a.parameter_count() || !t.theta->allFinite())
@@ -289,7 +290,7 @@ class LeastSquares {
     const Real lam = f.damp, lam2 = lam * lam, dlam = t.damp;
     const auto& tol = backward_tolerances();
     TangentResult<Scalar> out;
-    // (G8): (AᵀA + λ²I) ẋ = Aᵀc + w with c = ḃ − Ȧx and w = Ȧᵀr − 2λλ̇x.
+    // (G8): (AᴴA + λ²I) ẋ = Aᴴc + w with c = ḃ − Ȧx and w = Ȧᴴr − 2λλ̇x.
     Vector<Scalar> c = t.b ? *t.b : Vector<Scalar>::Zero(m);
     if (t.theta) c -= ad_x;
     if (lam > 0 && m >= n && !strongly_damped(f)) {
@@ -299,7 +300,7 @@ class LeastSquares {
         out.x = run("jvp: min |Ax' - c|^2 + damp^2 |x'|^2", a, c, lam, nullptr, tol, out.solves);
         return out;
       }
-      // Tall: split w = Aᵀp + q as in backward (G5).
+      // Tall: split w = Aᴴp + q as in backward (G5).
       const Vector<Scalar> p = run("jvp: min |A^T p - w|", at, w, 0, nullptr, tol, out.solves);
       Vector<Scalar> q(n);
       a.apply_adjoint(p, q);
@@ -312,9 +313,9 @@ class LeastSquares {
       if (null_part) out.x += q / lam2;
       return out;
     }
-    // Wide, strongly damped, or λ = 0 (G8): with the dual z (x = Aᵀz, r = λ²z),
-    // Aᵀc + w = Aᵀ(c − 2λλ̇z) + λ²Ȧᵀz,
-    // so ẋ = argmin |Ax' − (c − 2λλ̇z)|² + λ²|x' − Ȧᵀz|²: one solve started at x0 = Ȧᵀz.
+    // Wide, strongly damped, or λ = 0 (G8): with the dual z (x = Aᴴz, r = λ²z),
+    // Aᴴc + w = Aᴴ(c − 2λλ̇z) + λ²Ȧᴴz,
+    // so ẋ = argmin |Ax' − (c − 2λλ̇z)|² + λ²|x' − Ȧᴴz|²: one solve started at x0 = Ȧᴴz.
     const Vector<Scalar>& z = dual(f, out.solves);
     if (lam > 0) c -= (2 * lam * dlam) * z;
     std::optional<Vector<Scalar>> x0;
@@ -325,7 +326,7 @@ class LeastSquares {
       }
     }
     if (lam == 0 && f.residual_outside_range && t.theta) {
-      // λ = 0 with r ∉ range(A): the (AᵀA)⁺Ȧᵀr term needs its own solve (G7).
+      // λ = 0 with r ∉ range(A): the (AᴴA)⁺Ȧᴴr term needs its own solve (G7).
       c += run("jvp: min |A^T p - A'^T r|", at, ad_r, 0, nullptr, tol, out.solves);
     }
     out.x = run("jvp: min |Ax' - c|^2 + damp^2 |x' - x0|^2", a, c, lam, x0 ? &*x0 : nullptr, tol,

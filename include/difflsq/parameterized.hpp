@@ -1,17 +1,19 @@
 // difflsq — operators A(θ) that depend on parameters θ, so that a solve can be differentiated
 // with respect to θ (layer.hpp, docs/gradients.md).
 //
-// A parameterized operator is a LinearOperator (real scalar) that also offers, for a flat
-// parameter vector θ of length parameter_count():
+// A parameterized operator is a LinearOperator that also offers, for a flat parameter vector θ
+// of length parameter_count():
 //
-//     void add_parameter_gradient(u, v, g) const;    // g += ∇_θ ⟨u, A(θ) v⟩      (reverse mode)
+//     void add_parameter_gradient(u, v, g) const;    // g += ∇_θ Re⟨u, A(θ) v⟩    (reverse mode)
 //     void apply_derivative(t, v, y) const;          // y  = (Σ_k t_k ∂A/∂θ_k) v   (forward mode)
-//     void apply_derivative_adjoint(t, u, w) const;  // w  = (Σ_k t_k ∂A/∂θ_k)ᵀ u
+//     void apply_derivative_adjoint(t, u, w) const;  // w  = (Σ_k t_k ∂A/∂θ_k)ᴴ u
 //
 // with u, v, t passed as Eigen::Ref<const Vector<Scalar>> and g, y, w as Eigen::Ref<Vector>
 // (pre-sized; g is accumulated into, y and w are overwritten). The reverse rule only ever asks
 // for ∇_θ⟨u, A(θ)v⟩ — one vector-Jacobian product of the map θ ↦ A(θ)v — so A(θ) is never
-// formed.
+// formed. Complex scalars: ⟨u, w⟩ = uᴴw, θ has the operator's scalar type, ∇_θ f means
+// ∂f/∂Re θ + i ∂f/∂Im θ (PyTorch's convention), and A(θ) must be holomorphic in θ (as the dense
+// adapter is) or θ real, for forward and reverse mode to be transposes of each other.
 //
 // Adapters: a dense matrix whose entries are the parameters (parameterized), and callbacks
 // (make_parameterized_operator). For anything else, write a small class (tests/test_layer.cpp
@@ -46,8 +48,6 @@ template <class Matrix>
 class MatrixParameters : public EigenOperator<Matrix> {
  public:
   using Scalar = typename Matrix::Scalar;
-  static_assert(!Eigen::NumTraits<Scalar>::IsComplex,
-                "difflsq: parameterized operators are real (complex gradients are not supported)");
   explicit MatrixParameters(const Matrix& a) : EigenOperator<Matrix>(a) {
     if (a.innerStride() != 1 || a.outerStride() != a.innerSize())
       throw std::invalid_argument("difflsq::parameterized: the matrix must be contiguous");
@@ -57,7 +57,7 @@ class MatrixParameters : public EigenOperator<Matrix> {
                               Eigen::Ref<const Vector<Scalar>> v,
                               Eigen::Ref<Vector<Scalar>> g) const {
     check(g.size());
-    shaped(g.data()).noalias() += u * v.transpose();  // ∇_A ⟨u, A v⟩ = u vᵀ
+    shaped(g.data()).noalias() += u * v.adjoint();  // ∇_A Re⟨u, A v⟩ = u vᴴ
   }
   void apply_derivative(Eigen::Ref<const Vector<Scalar>> t, Eigen::Ref<const Vector<Scalar>> v,
                         Eigen::Ref<Vector<Scalar>> y) const {
@@ -68,7 +68,7 @@ class MatrixParameters : public EigenOperator<Matrix> {
                                 Eigen::Ref<const Vector<Scalar>> u,
                                 Eigen::Ref<Vector<Scalar>> w) const {
     check(t.size());
-    w.noalias() = shaped(t.data()).transpose() * u;
+    w.noalias() = shaped(t.data()).adjoint() * u;
   }
 
  private:
@@ -90,8 +90,8 @@ MatrixParameters<Matrix> parameterized(const Matrix& a) {
 }
 
 /// A(θ) from callbacks: matvec(x, y) and rmatvec(u, v) as in make_operator, and
-/// gradient(u, v, g): g += ∇_θ⟨u, A(θ)v⟩, dmatvec(t, v, y): y = (∂A·t) v,
-/// drmatvec(t, u, w): w = (∂A·t)ᵀ u.
+/// gradient(u, v, g): g += ∇_θ Re⟨u, A(θ)v⟩, dmatvec(t, v, y): y = (∂A·t) v,
+/// drmatvec(t, u, w): w = (∂A·t)ᴴ u.
 template <class Scalar_, class MatVec, class RMatVec, class Grad, class DMatVec, class DRMatVec>
 class ParameterizedCallbackOperator : public CallbackOperator<Scalar_, MatVec, RMatVec> {
  public:
