@@ -12,6 +12,12 @@
 // solve u = J⁺(Jg − γc), d = g − u, makes one: they give z and Pg exactly — Pg to the relative
 // accuracy atol of its own solve, which matters as Pg → 0 at a stationary point, where g − u
 // loses it to cancellation — and the correction solve is skipped when c = 0.
+//
+// Optimizers that rescale the gradient by a diagonal D⁻¹ (Adam: D = diag(√v̂ + ε)) project their
+// step Δ in the metric of D instead, P_D Δ = argmin_{Jw = 0} (w − Δ)ᵀD(w − Δ) = Δ − D⁻¹Jᵀμ: then
+// P_D Δ = 0 exactly where the gradient lies in range(Jᵀ), the KKT condition. The Euclidean
+// projection PΔ = 0 would stop where D⁻¹g ∈ range(Jᵀ) instead, not a constrained stationary
+// point (docs/nullspace.md).
 #pragma once
 
 #include <Eigen/Core>
@@ -110,6 +116,29 @@ auto make_constraint(Index k, Index p, Value value, Jac jac, JacT jac_t) {
 }
 
 namespace detail {
+/// S Jᵀ (P × k) for S = diag(s): the operator of the projection in the metric D = S⁻².
+template <class Jac>
+class ScaledAdjoint {
+ public:
+  using Scalar = typename Jac::Scalar;
+  ScaledAdjoint(const Jac& jac, const Vector<Scalar>& s) : jac_(&jac), s_(&s), tmp_(s.size()) {}
+  Index rows() const { return jac_->cols(); }
+  Index cols() const { return jac_->rows(); }
+  void apply(Eigen::Ref<const Vector<Scalar>> mu, Eigen::Ref<Vector<Scalar>> y) const {
+    jac_->apply_adjoint(mu, y);
+    y.array() *= s_->array();
+  }
+  void apply_adjoint(Eigen::Ref<const Vector<Scalar>> u, Eigen::Ref<Vector<Scalar>> w) const {
+    tmp_ = s_->cwiseProduct(u);
+    jac_->apply(tmp_, w);
+  }
+
+ private:
+  const Jac* jac_;
+  const Vector<Scalar>* s_;
+  mutable Vector<Scalar> tmp_;  // allocated once, with the operator
+};
+
 /// J(θ) as a LinearOperator (k × P) at a fixed θ.
 template <Constraint C>
 class JacobianOperator {
@@ -147,8 +176,8 @@ template <class Scalar>
 struct NullSpaceResult {
   using Real = RealOf<Scalar>;
   Vector<Scalar> direction;    ///< d = Pv + γ·J⁺c
-  Vector<Scalar> projected;    ///< Pv, the part of the input vector in N(J)
-  Vector<Scalar> multipliers;  ///< z = argmin ‖Jᵀz − v‖
+  Vector<Scalar> projected;    ///< Pv, the part of the input vector in N(J) (P_D v with a metric)
+  Vector<Scalar> multipliers;  ///< z = argmin ‖Jᵀz − v‖ (μ with a metric)
   Vector<Scalar> correction;   ///< δ = J⁺c (zero when c = 0)
   Real constraint_norm = 0;    ///< ‖c(θ)‖
   Real projected_norm = 0;     ///< ‖Pv‖ (for v = g: the Lagrangian stationarity measure)
@@ -169,10 +198,41 @@ class NullSpaceStep {
   template <Constraint C>
   NullSpaceResult<Scalar> operator()(const C& con, Eigen::Ref<const Vector<Scalar>> theta,
                                      Eigen::Ref<const Vector<Scalar>> v) {
+    return step(con, theta, v, nullptr);
+  }
+
+  /// The same with P_D, the projection onto N(J) in the metric D = diag(metric) (entries
+  /// positive): P_D v = v − D⁻¹Jᵀμ, μ = argmin ‖D^{-1/2}(Jᵀμ − D v)‖ (file comment).
+  template <Constraint C>
+  NullSpaceResult<Scalar> operator()(const C& con, Eigen::Ref<const Vector<Scalar>> theta,
+                                     Eigen::Ref<const Vector<Scalar>> v,
+                                     Eigen::Ref<const Vector<Scalar>> metric) {
+    if (metric.size() != v.size() || !metric.allFinite() || !(metric.array() > 0).all())
+      throw std::invalid_argument("difflsq::NullSpaceStep: the metric must be finite, positive "
+                                  "and as long as v");
+    const Vector<Scalar> m = metric;
+    return step(con, theta, v, &m);
+  }
+
+  /// P v and the multipliers only (no correction).
+  template <Constraint C>
+  NullSpaceResult<Scalar> project(const C& con, Eigen::Ref<const Vector<Scalar>> theta,
+                                  Eigen::Ref<const Vector<Scalar>> v) {
+    check(con, theta, v);
+    NullSpaceResult<Scalar> out;
+    project_into(detail::JacobianOperator<C>(con, theta), v, nullptr, out);
+    out.direction = out.projected;
+    return out;
+  }
+
+ private:
+  template <Constraint C>
+  NullSpaceResult<Scalar> step(const C& con, Eigen::Ref<const Vector<Scalar>> theta,
+                               Eigen::Ref<const Vector<Scalar>> v, const Vector<Scalar>* metric) {
     check(con, theta, v);
     NullSpaceResult<Scalar> out;
     const detail::JacobianOperator<C> jac(con, theta);
-    project_into(jac, v, out);
+    project_into(jac, v, metric, out);
     Vector<Scalar> c(con.constraints());
     con.value(theta, c);
     if (!c.allFinite()) throw std::invalid_argument("difflsq::NullSpaceStep: c(θ) is not finite");
@@ -184,27 +244,25 @@ class NullSpaceStep {
     return out;
   }
 
-  /// P v and the multipliers only (no correction).
-  template <Constraint C>
-  NullSpaceResult<Scalar> project(const C& con, Eigen::Ref<const Vector<Scalar>> theta,
-                                  Eigen::Ref<const Vector<Scalar>> v) {
-    check(con, theta, v);
-    NullSpaceResult<Scalar> out;
-    project_into(detail::JacobianOperator<C>(con, theta), v, out);
-    out.direction = out.projected;
-    return out;
-  }
-
- private:
   template <class Jac>
   void project_into(const Jac& jac, Eigen::Ref<const Vector<Scalar>> v,
-                    NullSpaceResult<Scalar>& out) {
-    // z = argmin ‖Jᵀz − v‖ (tall, k unknowns); its residual is Pv.
-    const AdjointOperator<Jac> jt(jac);
-    out.multipliers = run("projection: min |J^T z - v|", jt, v, out.solves);
+                    const Vector<Scalar>* metric, NullSpaceResult<Scalar>& out) {
     out.projected.resize(v.size());
-    jac.apply_adjoint(out.multipliers, out.projected);
-    out.projected = v - out.projected;
+    if (!metric) {
+      // z = argmin ‖Jᵀz − v‖ (tall, k unknowns); its residual is Pv.
+      const AdjointOperator<Jac> jt(jac);
+      out.multipliers = run("projection: min |J^T z - v|", jt, v, out.solves);
+      jac.apply_adjoint(out.multipliers, out.projected);
+      out.projected = v - out.projected;
+    } else {
+      // μ = argmin ‖S Jᵀμ − S⁻¹v‖ with S = D^{-1/2}; P_D v = v − S²Jᵀμ.
+      const Vector<Scalar> s = metric->cwiseSqrt().cwiseInverse();
+      const detail::ScaledAdjoint<Jac> sjt(jac, s);
+      const Vector<Scalar> rhs = v.cwiseQuotient(s);
+      out.multipliers = run("projection: min |D^-1/2 (J^T mu - D v)|", sjt, rhs, out.solves);
+      jac.apply_adjoint(out.multipliers, out.projected);
+      out.projected = v - s.cwiseAbs2().cwiseProduct(out.projected);
+    }
     out.projected_norm = out.projected.norm();
   }
 
@@ -262,9 +320,10 @@ class ConstrainedSgd {
   NullSpaceStep<Scalar> step_;
 };
 
-/// Adam under equality constraints, "step" mode: Adam proposes Δ from the raw gradient, and the
-/// applied update is PΔ − lr·γ·J⁺c — the projection after Adam's per-coordinate rescaling keeps
-/// the step in N(J) (projecting the gradient before Adam would not).
+/// Adam under equality constraints, "step" mode: Adam proposes Δ = −lr·D⁻¹m̂ (D = √v̂ + ε) from
+/// the raw gradient, and the applied update is P_D Δ − lr·γ·J⁺c — projected after Adam's
+/// per-coordinate rescaling, so the step stays in N(J) (projecting the gradient before Adam
+/// would not), and in Adam's metric D, so that it stops only at KKT points (file comment).
 template <class Scalar>
 class ConstrainedAdam {
  public:
@@ -274,8 +333,11 @@ class ConstrainedAdam {
   };
   explicit ConstrainedAdam(Hyper h, NullSpaceOptions<Scalar> options = {})
       : h_(h), step_(std::move(options)) {}
-  /// One step; the returned result's `projected` is PΔ (Adam's step, projected) and its
-  /// `multipliers` those of Δ. The moments change only when the step succeeds.
+  /// The learning rate, for schedules (Adam with a fixed rate hovers at a distance ~lr).
+  void set_lr(Real lr) { h_.lr = lr; }
+  Real lr() const { return h_.lr; }
+  /// One step; the returned result's `projected` is P_D Δ (Adam's step, projected) and its
+  /// `multipliers` the μ of Δ. The moments change only when the step succeeds.
   template <Constraint C>
   NullSpaceResult<Scalar> step(const C& con, Eigen::Ref<Vector<Scalar>> theta,
                                Eigen::Ref<const Vector<Scalar>> grad) {
@@ -290,9 +352,9 @@ class ConstrainedAdam {
         fresh ? Vector<Scalar>((1 - h_.beta2) * grad.cwiseAbs2())
               : Vector<Scalar>(h_.beta2 * v_ + (1 - h_.beta2) * grad.cwiseAbs2());
     const Real c1 = 1 - std::pow(h_.beta1, Real(t)), c2 = 1 - std::pow(h_.beta2, Real(t));
-    const Vector<Scalar> delta =
-        -h_.lr * (m / c1).cwiseQuotient(((v / c2).cwiseSqrt().array() + h_.eps).matrix());
-    auto r = step_(con, theta, delta);  // PΔ and J⁺c; throws before anything changes
+    const Vector<Scalar> metric = ((v / c2).cwiseSqrt().array() + h_.eps).matrix();  // D
+    const Vector<Scalar> delta = -h_.lr * (m / c1).cwiseQuotient(metric);
+    auto r = step_(con, theta, delta, metric);  // P_D Δ and J⁺c; throws before anything changes
     theta += r.projected - h_.lr * step_.options().gamma * r.correction;
     m_ = m;
     v_ = v;

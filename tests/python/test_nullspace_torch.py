@@ -109,6 +109,58 @@ def test_adam_on_several_tensors_keeps_the_constraints():
     assert losses[-1] < losses[1]
 
 
+def _adam_run(metric, amsgrad=False, steps=1500):
+    """Adam (decaying rate) on the quadratic under Cθ = d, two tensors; returns θ and the KKT
+    solution."""
+    Q, q, C, d, theta_star, _ = quadratic_problem(seed=7)
+    params = make_params(seed=8)
+    lr = 5e-2
+    adam = torch.optim.Adam(params, lr=lr, amsgrad=amsgrad)
+    sched = torch.optim.lr_scheduler.ExponentialLR(adam, gamma=0.995)
+    opt = dt.NullSpaceOptimizer(params, adam, lambda: C @ flat(params) - d, gamma=1.0 / lr,
+                                metric=metric, track_stationarity=False)
+    for _ in range(steps):
+        opt.zero_grad()
+        x = flat(params)
+        (0.5 * x @ Q @ x - q @ x).backward()
+        opt.step()
+        sched.step()
+    return flat(params).detach(), theta_star, float((C @ flat(params) - d).norm())
+
+
+def test_adam_step_mode_converges_to_the_kkt_point_in_its_own_metric():
+    theta, theta_star, cnorm = _adam_run("auto")
+    assert cnorm < 1e-8
+    assert torch.allclose(theta, theta_star, rtol=1e-6, atol=1e-8)
+    theta, _, _ = _adam_run("auto", amsgrad=True)
+    assert torch.allclose(theta, theta_star, rtol=1e-6, atol=1e-8)
+    # The Euclidean projection of Adam's step keeps c = 0 but stops elsewhere.
+    theta, _, cnorm = _adam_run("euclidean")
+    assert cnorm < 1e-8
+    assert float((theta - theta_star).norm()) > 1e-2 * float(theta_star.norm())
+
+
+def test_step_metric_against_the_dense_oblique_projection():
+    Q, q, C, d, _, _ = quadratic_problem(seed=9)
+    params = make_params(seed=10)
+    D = torch.rand(17, dtype=F64) * 10 + 0.01
+    sgd = torch.optim.SGD(params, lr=0.1)
+    opt = dt.NullSpaceOptimizer(params, sgd, lambda: C @ flat(params) - d, gamma=0.0,
+                                metric=lambda ps: [D[:12].reshape(3, 4), D[12:]])
+    x0 = flat(params).detach().clone()
+    opt.zero_grad()
+    x = flat(params)
+    (0.5 * x @ Q @ x - q @ x).backward()
+    g = flat([p.grad for p in params]).detach().clone()
+    opt.step()
+    delta = -0.1 * g
+    dinv_ct = C.T / D[:, None]
+    ref = delta - dinv_ct @ torch.linalg.solve(C @ dinv_ct, C @ delta)
+    assert torch.allclose(flat(params).detach() - x0, ref, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="metric"):
+        dt.NullSpaceOptimizer(params, sgd, lambda: C @ flat(params) - d, metric="adam")
+
+
 def test_warmup_runs_the_plain_optimizer_first():
     Q, q, C, d, _, _ = quadratic_problem(seed=7)
     params = make_params(seed=8)

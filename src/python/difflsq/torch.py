@@ -324,6 +324,13 @@ class NullSpaceOptimizer:
       update is PΔ − lr·γ·J⁺c (lr of each parameter's group). With SGD both modes coincide; with
       Adam only this one keeps c(θ) = 0, as Adam's rescaling leaves the null space.
 
+    ``metric`` (step mode): the projection of Δ is orthogonal in the metric of the optimizer's
+    rescaling, P_D Δ = argmin over Jw = 0 of (w − Δ)ᵀD(w − Δ), so that the iteration stops only
+    where g ∈ range(Jᵀ) (the KKT condition). ``"auto"``: D = √v̂ + ε from the state of
+    torch.optim.Adam / AdamW (amsgrad too), the identity for other optimizers; ``"euclidean"``:
+    always the identity; or a callable returning one positive tensor per parameter. Euclidean
+    projection of Adam's step keeps c(θ) = 0 but stops where P D⁻¹g = 0, not a KKT point.
+
     P is the orthogonal projection onto N(J), J = ∂c/∂θ; z = argmin ‖Jᵀz − g‖ the least-squares
     multipliers; J⁺c the minimum-norm Gauss–Newton correction. J is never formed: Jᵀu is one
     backward pass, J·v the double-backward trick. Each projection and the correction is a
@@ -340,7 +347,8 @@ class NullSpaceOptimizer:
 
     def __init__(self, params, optimizer, constraint, gamma=1.0, mode="step", *,
                  method="lsqr", atol=1e-10, btol=1e-10, maxiter=None, warmup=0,
-                 track_stationarity=True, feasibility_tol=0.0, on_failure="raise"):
+                 track_stationarity=True, feasibility_tol=0.0, on_failure="raise",
+                 metric="auto"):
         self.params = [p for p in params]
         if not self.params:
             raise ValueError("difflsq.torch.NullSpaceOptimizer: no parameters")
@@ -361,6 +369,10 @@ class NullSpaceOptimizer:
         self.warmup, self.track_stationarity = int(warmup), bool(track_stationarity)
         self.feasibility_tol = float(feasibility_tol)
         self.on_failure = on_failure
+        if not (metric in ("auto", "euclidean") or callable(metric)):
+            raise ValueError(f"difflsq.torch.NullSpaceOptimizer: metric must be 'auto', "
+                             f"'euclidean' or a callable, got {metric!r}")
+        self.metric = metric
         self.diagnostics = {}
         self._steps = 0
         self._lr = self._learning_rates()
@@ -454,11 +466,51 @@ class NullSpaceOptimizer:
                 warnings.warn(msg, SolveWarning, stacklevel=3)
         return x
 
-    def _project(self, J, v, records):
-        """(Pv, z): z = argmin ‖Jᵀz − v‖, Pv = v − Jᵀz."""
-        z = self._solve(J.adjoint(), v.numpy(), records)
-        pv = v - torch.from_numpy(J.rmatvec(z)).to(v.dtype)
-        return pv, torch.from_numpy(z).to(v.dtype)
+    def _project(self, J, v, records, metric=None):
+        """(Pv, z): z = argmin ‖Jᵀz − v‖, Pv = v − Jᵀz. With a metric D (a positive vector):
+        (P_D v, μ), μ = argmin ‖S Jᵀμ − S⁻¹v‖ with S = D^{-1/2}, P_D v = v − S²Jᵀμ."""
+        import scipy.sparse.linalg as sla
+        if metric is None:
+            z = self._solve(J.adjoint(), v.numpy(), records)
+            pv = v - torch.from_numpy(J.rmatvec(z)).to(v.dtype)
+            return pv, torch.from_numpy(z).to(v.dtype)
+        s = metric.rsqrt()
+        s_np = s.numpy()
+        k, n = J.shape
+        sjt = sla.LinearOperator((n, k), matvec=lambda mu: s_np * J.rmatvec(mu),
+                                 rmatvec=lambda u: J.matvec(s_np * u), dtype=J.dtype)
+        mu = self._solve(sjt, (v / s).numpy(), records)
+        pv = v - s * s * torch.from_numpy(J.rmatvec(mu)).to(v.dtype)
+        return pv, torch.from_numpy(mu).to(v.dtype)
+
+    def _step_metric(self):
+        """D for the projection of the optimizer's step (flat), or None for the identity."""
+        if self.metric == "euclidean":
+            return None
+        if callable(self.metric):
+            parts = self.metric(self.params)
+            if len(parts) != len(self.params):
+                raise ValueError("difflsq.torch.NullSpaceOptimizer: metric() must return one "
+                                 "tensor per parameter")
+            d = self._flat([torch.as_tensor(t, dtype=p.dtype).expand_as(p)
+                            for t, p in zip(parts, self.params)])
+            if not (torch.isfinite(d).all() and (d > 0).all()):
+                raise ValueError("difflsq.torch.NullSpaceOptimizer: metric() must be finite "
+                                 "and positive")
+            return d
+        if not isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+            return None
+        group_of = {id(p): g for g in self.optimizer.param_groups for p in g["params"]}
+        parts = []
+        for p in self.params:  # Adam's denominator √(v / (1 − β₂ᵗ)) + ε, after its step
+            group, state = group_of[id(p)], self.optimizer.state.get(p, {})
+            if "exp_avg_sq" not in state:
+                parts.append(torch.ones_like(p))
+                continue
+            v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
+            t = float(state["step"])
+            parts.append((v / (1 - group["betas"][1] ** t)).sqrt() + group["eps"])
+        return self._flat(parts)
 
     @torch.no_grad()
     def step(self):
@@ -499,7 +551,7 @@ class NullSpaceOptimizer:
             del c, J  # the graph of c(θ) is not needed once the optimizer moves θ
             self.optimizer.step()
         else:
-            pdelta, _ = self._project(J, delta, records)
+            pdelta, _ = self._project(J, delta, records, self._step_metric())
             lr = torch.cat([torch.full((p.numel(),), float(self._lr[id(p)]), dtype=g.dtype)
                             for p in self.params])
             update = pdelta - lr * self.gamma * correction
