@@ -107,6 +107,24 @@ def test_zero_right_hand_side_gives_zero_and_finite_gradients():
         assert torch.allclose(b.grad, b2.grad, rtol=1e-8)
 
 
+def test_empty_shapes_give_empty_results_and_zero_gradients():
+    for m, n, k in ((3, 0, None), (0, 3, None), (0, 0, None), (3, 2, 0), (4, 3, 2)):
+        A = torch.randn(m, n, dtype=F64, requires_grad=True)
+        shape = (m,) if k is None else (m, k)
+        b = torch.randn(*shape, dtype=F64, requires_grad=True)
+        x = dt.lstsq(A, b, 0.1, **TIGHT)
+        assert x.shape == ((n,) if k is None else (n, k)) and x.dtype == F64
+        x.sum().backward()
+        assert A.grad.shape == (m, n) and b.grad.shape == shape
+        if x.numel() == 0 or b.numel() == 0:
+            assert torch.count_nonzero(A.grad) == 0 and torch.count_nonzero(b.grad) == 0
+        else:  # the dense reference (a non-empty case beside the empty ones)
+            A2, b2 = A.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+            ref = torch.stack([dense_reference(A2, b2[:, j], 0.1) for j in range(k)], dim=1)
+            ref.sum().backward()
+            assert torch.allclose(A.grad, A2.grad, rtol=1e-7) and torch.allclose(b.grad, b2.grad)
+
+
 def test_float32_is_kept_and_close_to_float64():
     A = with_singular_values(20, 8, torch.linspace(2, 0.5, 8).tolist(), seed=6)
     b = torch.randn(20, dtype=F64, generator=torch.Generator().manual_seed(7))

@@ -45,6 +45,18 @@ def _numpy(t):
     return t.detach().contiguous().numpy()
 
 
+def _ncols(t):
+    """The number of right-hand sides of b (m,) or (m, k) (k may be 0, as may m)."""
+    return math.prod(t.shape[1:])
+
+
+def _stack(columns, rows):
+    """The columns side by side, (rows, len(columns)), also when there are none."""
+    if not columns:
+        return torch.zeros(rows, 0, dtype=torch.float64)
+    return torch.stack(columns, dim=1)
+
+
 class _Lstsq(torch.autograd.Function):
     # Inputs: (config, A or None, b, damp tensor, *params). Output: x.
 
@@ -52,7 +64,7 @@ class _Lstsq(torch.autograd.Function):
     def forward(ctx, cfg, A, b, damp, *params):
         dtype = b.dtype
         m, n = cfg["shape"]
-        B = b.reshape(m, -1)
+        B = b.reshape(m, _ncols(b))
         damp_value = float(damp)
         if A is not None:
             a_np = _numpy(A)
@@ -70,7 +82,7 @@ class _Lstsq(torch.autograd.Function):
         ctx.param_slots = [torch.is_tensor(p) for p in params]
         ctx.other_params = [p for p in params if not torch.is_tensor(p)]
         ctx.save_for_backward(A, *[p for p in params if torch.is_tensor(p)])
-        X = torch.stack([torch.from_numpy(f.x) for f in fwds], dim=1)
+        X = _stack([torch.from_numpy(f.x) for f in fwds], n)
         return X.reshape((n,) + tuple(b.shape[1:])).to(dtype)
 
     @staticmethod
@@ -85,7 +97,7 @@ class _Lstsq(torch.autograd.Function):
         cfg, fwds = ctx.cfg, ctx.fwds
         m, n = cfg["shape"]
         dtype = grad_x.dtype
-        G = grad_x.reshape(n, -1)
+        G = grad_x.reshape(n, _ncols(grad_x))
         layer = cfg["layer"]
         grad_b_cols, grad_damp, terms, abar = [], 0.0, [], None
         records = cfg["info"].setdefault("backward", [])
@@ -100,8 +112,10 @@ class _Lstsq(torch.autograd.Function):
             else:
                 terms.extend(pairs)
         needs = ctx.needs_input_grad
-        grad_A = abar.to(dtype) if (needs[1] and abar is not None) else None
-        grad_b = torch.stack(grad_b_cols, dim=1).reshape((m,) + tuple(grad_x.shape[1:])).to(dtype)
+        if needs[1] and abar is None:  # no right-hand side (k = 0) or an empty A
+            abar = torch.zeros(m, n, dtype=dtype)
+        grad_A = abar.to(dtype) if needs[1] else None
+        grad_b = _stack(grad_b_cols, m).reshape((m,) + tuple(grad_x.shape[1:])).to(dtype)
         grad_damp_t = torch.tensor(grad_damp, dtype=dtype) if needs[3] else None
         tensors, others = iter(ctx.saved_tensors[1:]), iter(ctx.other_params)
         params = [next(tensors) if is_tensor else next(others) for is_tensor in ctx.param_slots]
@@ -120,7 +134,7 @@ class _Lstsq(torch.autograd.Function):
                 "difflsq.torch: forward-mode AD with respect to the params of a callable "
                 "operator is not supported; use reverse mode (backward) for them")
         layer = cfg["layer"]
-        Bt = None if b_t is None else b_t.reshape(m, -1)
+        Bt = None if b_t is None else b_t.reshape(m, _ncols(b_t))
         dl = 0.0 if damp_t is None else float(damp_t)
         cols = []
         for j, f in enumerate(fwds):
@@ -132,7 +146,7 @@ class _Lstsq(torch.autograd.Function):
             else:
                 xdot, _ = layer.jvp(f, bt, dl)
             cols.append(torch.from_numpy(xdot))
-        out = torch.stack(cols, dim=1)
+        out = _stack(cols, n)
         return out.reshape((n,) + tuple(cfg["b_shape"][1:])).to(cfg["dtype"])
 
 
