@@ -8,18 +8,22 @@
 // at once. This is SELL-C-σ [KHWFB14] with C = 4, in one of two forms chosen per matrix:
 //   - identity order, every slice padded to the longest row (ELLPACK in 4-row slices), when that
 //     costs at most kMaxEllFill stored entries per nonzero: the 4 results are one vector store;
-//   - else rows sorted by length over the whole matrix (σ = all rows), `perm` giving the row of
-//     each slot: padding is then at most 4 × the longest row, and the results are scattered.
+//   - else rows sorted by length over the whole matrix (σ = all rows; with several threads,
+//     over each thread's rows), `perm` giving the row of each slot: padding is then at most
+//     4 × the longest row (per thread), and the results are scattered.
 // Consecutive slices of equal width form a run; runs of width ≤ 8 use a fully unrolled body.
 // Padding entries have value 0 and a valid column (the lane's last column, else the slice's
 // first, else 0), so no product reads out of bounds; like Eigen, a product then computes 0·x_j
 // for such columns, so an Inf/NaN in x can turn a row's Inf or an empty row's 0 into NaN.
 //
-// Measured on illc1850, one thread, in a standalone comparison of the layouts and kernels
-// (AMD EPYC Zen 4): A (4.7 nonzeros a row, fill 1.057 padded) took 0.79× the CSR product's time
-// with the AVX2 kernel, against 0.91× for the sorted layout (its scattered stores cost more than
-// 5.7% padding); Aᵀ (1 to 417 nonzeros a row: padded fill 13, sorted fill 1.068) 0.84×.
-// AVX-512 and vgatherdpd variants were slower; the portable kernel gains about half as much.
+// Why these choices (AMD EPYC Zen 4, one thread). A standalone comparison of some 25 layouts
+// and kernels on illc1850 (1850 × 712, 4.7 nonzeros a row; columns 1 to 417) chose C = 4, the
+// padded identity order for A (fill 1.057: 0.79× the CSR product's time, against 0.91× sorted,
+// whose scattered stores cost more than the padding) and σ = all rows for Aᵀ (padded fill 34,
+// sorted 1.068: 0.84×); AVX-512, C = 8 and vgatherdpd variants were slower. In CompressedOperator
+// (bench/bench_layouts.cpp, docs/benchmarks.md) an LSQR iteration on illc1850 takes
+// 0.68× the time of the compressed layouts with the AVX2 kernel and 0.85× with the portable one
+// (callgrind: 87k and 118k instructions an iteration, against 177k).
 //
 // Kernels: a portable one for every scalar and index type, and for double with 32-bit indices
 // an AVX2+FMA one (x86-64, GCC or Clang), compiled with a target attribute and chosen at run
@@ -53,11 +57,11 @@ inline constexpr int kSliceRows = 4;
 /// Identity order while padding to the longest row stores at most this many entries per
 /// nonzero (illc1850: 1.057, 0.79× vs 0.91× for the sorted layout; illc1033: 1.095).
 inline constexpr double kMaxEllFill = 1.15;
-/// The AVX2 kernel runs while the gathered vector has at most this many bytes. Beyond the
+/// The AVX2 kernel runs while the gathered vector has at most this many bytes. Beyond about the
 /// core's L2 cache (1 MB here) the portable kernel was faster, though both read the same
-/// entries: random m × m/2 matrices with 5 nonzeros a row, LSQR time per iteration against the
-/// compressed layout, portable / AVX2: m = 60k 0.48 / 0.48, 120k 0.55 / 0.64, 200k 0.76 / 0.94;
-/// per product the AVX2 kernel lost from a gathered vector of 800 KB on, not up to 480 KB.
+/// entries: random m × m/2 matrices with 5 nonzeros a row, one thread, LSQR time per iteration
+/// against the compressed layouts, portable / AVX2 kernel in both directions: m = 60k (gathered
+/// vectors of 240 and 480 KB) 0.49 / 0.49, 90k 0.53 / 0.53, 120k 0.71 / 0.84, 200k 0.79 / 0.96.
 inline constexpr Index kAvx2MaxGatherBytes = Index(512) << 10;
 /// Most threads a product is split between (CompressedOperator's limit).
 inline constexpr int kMaxSparseThreads = 64;
@@ -117,12 +121,30 @@ SlicedEll<Scalar, StorageIndex> make_sliced_ell(Index outer, const StorageIndex*
     longest = std::max(longest, len[k]);
   }
   m.permuted = double(m.slices * C * longest) > kMaxEllFill * double(total);
+  // Thread t's slices [partition[t], partition[t + 1]): about equal nonzeros (equal slices
+  // when there are none), as CompressedOperator splits rows.
+  threads = std::clamp(threads, 1, kMaxSparseThreads);
+  m.partition.fill(m.slices);
+  m.partition[0] = 0;
+  for (Index t = 1, s = 0, before = 0; t < threads; ++t) {  // before: nonzeros of slices < s
+    const Index target = (total > 0 ? total : m.slices) * t / threads;
+    for (; s < m.slices && (total > 0 ? before : s) < target; ++s)
+      for (Index r = C * s; r < std::min(outer, C * s + C); ++r) before += len[r];
+    m.partition[t] = s;
+  }
+  // Sorted by length within each thread's rows, so that a thread writes only its own range of
+  // y. Sorted over all rows, two threads wrote to the same cache lines: on a random
+  // 20000 × 10000 matrix with 100k nonzeros, LSQR took 1.15–1.24× the compressed layouts' time
+  // with 2 threads (0.54× with one); sorted per thread, 0.93×.
   std::vector<StorageIndex> order(outer);
   std::iota(order.begin(), order.end(), StorageIndex(0));
   if (m.permuted)
-    std::stable_sort(order.begin(), order.end(),
-                     [&](StorageIndex r1, StorageIndex r2) { return len[r1] > len[r2]; });
-  // Runs of equal width (sorted: the width of a slice is its first row's length).
+    for (int t = 0; t < threads; ++t)
+      std::stable_sort(order.begin() + std::min(outer, C * m.partition[t]),
+                       order.begin() + std::min(outer, C * m.partition[t + 1]),
+                       [&](StorageIndex r1, StorageIndex r2) { return len[r1] > len[r2]; });
+  // Runs of equal width (sorted: the width of a slice is its first row's length; a thread's
+  // rows are whole slices).
   Index stored = 0;
   for (Index s = 0; s < m.slices; ++s) {
     const Index w = m.permuted ? len[order[s * C]] : longest;
@@ -144,7 +166,7 @@ SlicedEll<Scalar, StorageIndex> make_sliced_ell(Index outer, const StorageIndex*
         const Index r = s * C + l;
         const Index k = r < outer ? Index(order[r]) : -1;
         const Index n = k >= 0 ? len[k] : 0;
-        StorageIndex pad = n > 0 ? idx[ptr[k] + n - 1] : first;
+        const StorageIndex pad = n > 0 ? idx[ptr[k] + n - 1] : first;
         for (Index j = 0; j < run.width; ++j) {
           const Index q = base + C * j + l;
           if (j < n) {
@@ -157,20 +179,6 @@ SlicedEll<Scalar, StorageIndex> make_sliced_ell(Index outer, const StorageIndex*
       }
     }
   if (m.permuted) m.perm = std::move(order);
-  // Split by stored entries (by slices when there are none), as CompressedOperator splits rows.
-  m.partition.fill(m.slices);
-  m.partition[0] = 0;
-  Index s = 0, entries = 0;  // entries before slice s
-  auto run = m.runs.begin();
-  for (int t = 1; t < threads && t < kMaxSparseThreads; ++t) {
-    const Index target = (stored > 0 ? stored : m.slices) * t / threads;
-    while (s < m.slices && (stored > 0 ? entries : s) < target) {
-      if (s == run->end) ++run;
-      entries += C * run->width;
-      ++s;
-    }
-    m.partition[t] = s;
-  }
   return m;
 }
 
