@@ -237,6 +237,20 @@ TEST_CASE_TEMPLATE(
         CHECK(along_rows.permuted == c.permuted_rows);
         CHECK(along_cols.permuted == c.permuted_cols);
         CHECK(along_rows.stored() >= a.nonZeros());
+        // Each thread's slices hold (sorted) rows of its own range only, all rows once.
+        for (const auto* layout : {&along_rows, &along_cols}) {
+          const auto& p = layout->partition;
+          CHECK(p[0] == 0);
+          CHECK(p[op.threads()] == layout->slices);
+          std::vector<int> seen(layout->rows, 0);
+          for (int t = 0; t < op.threads(); ++t)
+            for (Index r = 4 * p[t]; r < std::min(layout->rows, 4 * p[t + 1]); ++r) {
+              const Index row = layout->permuted ? Index(layout->perm[r]) : r;
+              CHECK((row >= 4 * p[t] && row < std::min(layout->rows, 4 * p[t + 1])));
+              ++seen[row];
+            }
+          CHECK(std::count(seen.begin(), seen.end(), 1) == layout->rows);
+        }
         for (Real s : {Real(0.7), Real(0)}) {
           CAPTURE(s);
           // s = 0: the old contents (NaN here) must not be read.

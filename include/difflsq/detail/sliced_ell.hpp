@@ -121,14 +121,17 @@ SlicedEll<Scalar, StorageIndex> make_sliced_ell(Index outer, const StorageIndex*
     longest = std::max(longest, len[k]);
   }
   m.permuted = double(m.slices * C * longest) > kMaxEllFill * double(total);
-  // Thread t's slices [partition[t], partition[t + 1]): about equal nonzeros (equal slices
-  // when there are none), as CompressedOperator splits rows.
+  // Thread t's slices [partition[t], partition[t + 1]): about equal stored entries, as
+  // CompressedOperator splits rows by nonzeros. Padded, every slice stores as many; sorted,
+  // a slice's nonzeros stand for its entries (the fill is ≈ 1 once sorted). Without entries,
+  // equal slices.
   threads = std::clamp(threads, 1, kMaxSparseThreads);
   m.partition.fill(m.slices);
   m.partition[0] = 0;
+  const bool by_slices = !m.permuted || total == 0;
   for (Index t = 1, s = 0, before = 0; t < threads; ++t) {  // before: nonzeros of slices < s
-    const Index target = (total > 0 ? total : m.slices) * t / threads;
-    for (; s < m.slices && (total > 0 ? before : s) < target; ++s)
+    const Index target = (by_slices ? m.slices : total) * t / threads;
+    for (; s < m.slices && (by_slices ? s : before) < target; ++s)
       for (Index r = C * s; r < std::min(outer, C * s + C); ++r) before += len[r];
     m.partition[t] = s;
   }
