@@ -1,7 +1,10 @@
 // The operator adapters, the adjoint view and the dot test.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <difflsq/difflsq.hpp>
+#include <string>
 
 #include "test_problems.hpp"
 
@@ -86,9 +89,11 @@ TEST_CASE_TEMPLATE("CompressedOperator equals Eigen's products: CSR/CSC, uncompr
   const Vector<Scalar> x = random_vector<Scalar>(170, gen), u = random_vector<Scalar>(300, gen);
   const Vector<Scalar> y0 = random_vector<Scalar>(300, gen), v0 = random_vector<Scalar>(170, gen);
   const Real a = Real(0.7), tol = 50 * std::numeric_limits<Real>::epsilon();
-  auto check = [&](const auto& mat, int threads, bool transposed) {
-    CompressedOperator op(mat, SparseOptions{.threads = threads, .transposed_index = transposed});
+  auto check = [&](const auto& mat, int threads, bool transposed, bool sliced) {
+    CompressedOperator op(
+        mat, SparseOptions{.threads = threads, .transposed_index = transposed, .sliced = sliced});
     CHECK(op.has_transposed_index() == transposed);
+    CHECK(op.sliced() == (transposed && sliced));
     const Vector<Scalar> ref_y = mat * x - Scalar(a) * y0;
     const Vector<Scalar> ref_v = mat.adjoint() * u - Scalar(a) * v0;
     Vector<Scalar> y = y0, v = v0;
@@ -103,13 +108,174 @@ TEST_CASE_TEMPLATE("CompressedOperator equals Eigen's products: CSR/CSC, uncompr
     CHECK((v - mat.adjoint() * u).norm() <= tol * v.norm());
   };
   for (int threads : {1, 2, 3})
-    for (bool transposed : {false, true}) {
+    for (int layout = 0; layout < 3; ++layout) {  // compressed, + compressed transpose, sliced
+      const bool transposed = layout > 0, sliced = layout == 2;
       CAPTURE(threads);
-      CAPTURE(transposed);
-      check(csr, threads, transposed);
-      check(csc, threads, transposed);
-      check(loose, threads, transposed);
+      CAPTURE(layout);
+      check(csr, threads, transposed, sliced);
+      check(csc, threads, transposed, sliced);
+      check(loose, threads, transposed, sliced);
     }
   // The solvers pick it for Eigen sparse matrices and get the same answer as a dense solve.
   static_assert(std::is_same_v<OperatorOf<decltype(csr)>, CompressedOperator<decltype(csr)>>);
+}
+
+namespace {
+
+template <class Scalar>
+Scalar random_scalar(std::mt19937_64& gen) {
+  return random_matrix<Scalar>(1, 1, gen)(0, 0);
+}
+
+/// An m × n test matrix for the sliced layouts.
+template <class Matrix>
+struct SlicedCase {
+  std::string name;
+  Matrix a;
+  bool permuted_rows = false, permuted_cols = false;  // the layout expected along rows, columns
+};
+
+template <class Matrix>
+Matrix from_triplets(Index m, Index n, const std::vector<Eigen::Triplet<typename Matrix::Scalar>>& t,
+                     bool transpose = false) {
+  Matrix a(transpose ? n : m, transpose ? m : n);
+  if (!transpose) {
+    a.setFromTriplets(t.begin(), t.end());
+  } else {
+    std::vector<Eigen::Triplet<typename Matrix::Scalar>> tt;
+    for (const auto& e : t) tt.emplace_back(e.col(), e.row(), e.value());
+    a.setFromTriplets(tt.begin(), tt.end());
+  }
+  return a;
+}
+
+template <class Matrix>
+std::vector<SlicedCase<Matrix>> sliced_cases(std::mt19937_64& gen) {
+  using Scalar = typename Matrix::Scalar;
+  std::vector<SlicedCase<Matrix>> cases;
+  // Regular: 4 nonzeros in each of 103 rows, 12 or 13 in each of 34 columns (padding to the
+  // longest costs ≤ 14%: both layouts unpermuted; neither count is a multiple of 4).
+  std::vector<Eigen::Triplet<Scalar>> t;
+  for (int i = 0; i < 103; ++i)
+    for (int k = 0; k < 4; ++k) t.emplace_back(i, (4 * i + k) % 34, random_scalar<Scalar>(gen));
+  cases.push_back({"regular", from_triplets<Matrix>(103, 34, t), false, false});
+  // Irregular: 0–9 nonzeros a row, some rows empty, row 17 with 350; columns 0–2 and 400–402
+  // empty. Rows sorted by length give runs of every width 0–9 and 350.
+  t.clear();
+  std::uniform_int_distribution<int> column(3, 399), length(0, 9);
+  for (int i = 0; i < 203; ++i) {
+    const int n = i == 17 ? 350 : i % 11 == 3 ? 0 : length(gen);
+    std::vector<int> cols;
+    while (int(cols.size()) < n) {
+      const int j = column(gen);
+      if (std::find(cols.begin(), cols.end(), j) == cols.end()) cols.push_back(j);
+    }
+    for (int j : cols) t.emplace_back(i, j, random_scalar<Scalar>(gen));
+  }
+  cases.push_back({"long row", from_triplets<Matrix>(203, 403, t), true, true});
+  cases.push_back({"long column", from_triplets<Matrix>(203, 403, t, true), true, true});
+  // No nonzeros.
+  cases.push_back({"all zero", Matrix(9, 6), false, false});
+  cases.push_back({"0 x n", Matrix(0, 5), false, false});
+  cases.push_back({"m x 0", Matrix(7, 0), false, false});
+  return cases;
+}
+
+template <class S, int Order, class I>
+using Sparse = Eigen::SparseMatrix<S, Order, I>;
+using F32R = Sparse<float, Eigen::RowMajor, std::int32_t>;
+using F32C = Sparse<float, Eigen::ColMajor, std::int32_t>;
+using F64R = Sparse<double, Eigen::RowMajor, std::int32_t>;
+using F64C = Sparse<double, Eigen::ColMajor, std::int32_t>;
+using F64R64 = Sparse<double, Eigen::RowMajor, std::int64_t>;
+using F64C64 = Sparse<double, Eigen::ColMajor, std::int64_t>;
+using C128R = Sparse<std::complex<double>, Eigen::RowMajor, std::int32_t>;
+using C128C64 = Sparse<std::complex<double>, Eigen::ColMajor, std::int64_t>;
+using C64R64 = Sparse<std::complex<float>, Eigen::RowMajor, std::int64_t>;
+
+}  // namespace
+
+TEST_CASE_TEMPLATE(
+    "sliced layouts equal Eigen's products: scalars, indices, storage orders, shapes, threads, "
+    "portable and AVX2 kernels",
+    Matrix, F32R, F32C, F64R, F64C, F64R64, F64C64, C128R, C128C64, C64R64) {
+  using Scalar = typename Matrix::Scalar;
+  using Real = RealOf<Scalar>;
+  using Dense = Vector<Scalar>;
+  using RealVector = Vector<Real>;
+  std::mt19937_64 gen(6);
+  // Both results round within ~(row length)·ε·(|A||x| + |a||y|), the scale below; 1000ε is
+  // far below the O(1) errors of a wrong index, value, row or conjugation.
+  const Real tol = 1000 * std::numeric_limits<Real>::epsilon();
+  const Scalar nan(std::numeric_limits<Real>::quiet_NaN());
+  for (const auto& c : sliced_cases<Matrix>(gen)) {
+    const Matrix& a = c.a;
+    const Index m = a.rows(), n = a.cols();
+    const Eigen::SparseMatrix<Real> abs_a = a.cwiseAbs();
+    const Eigen::SparseMatrix<Real> abs_at = abs_a.transpose();
+    const Dense x = random_vector<Scalar>(n, gen), u = random_vector<Scalar>(m, gen);
+    const Dense y0 = random_vector<Scalar>(m, gen), v0 = random_vector<Scalar>(n, gen);
+    const RealVector abs_ax = abs_a * x.cwiseAbs(), abs_atu = abs_at * u.cwiseAbs();
+    for (int threads : {1, 2})
+      for (bool simd : {false, true}) {
+        CAPTURE(c.name);
+        CAPTURE(threads);
+        CAPTURE(simd);
+        const CompressedOperator op(
+            a, SparseOptions{.threads = threads, .transposed_index = true, .simd = simd});
+        REQUIRE(op.sliced());
+        const auto& along_rows = Matrix::IsRowMajor ? op.sliced_outer() : op.sliced_inner();
+        const auto& along_cols = Matrix::IsRowMajor ? op.sliced_inner() : op.sliced_outer();
+        // Small matrices: both directions on the AVX2 kernel when asked and available.
+        const bool avx2 = simd && detail::kHasAvx2Kernel<Scalar, typename Matrix::StorageIndex> &&
+                          detail::cpu_has_avx2_fma();
+        CHECK(op.uses_avx2() == avx2);
+        CHECK(along_rows.avx2 == avx2);
+        CHECK(along_cols.avx2 == avx2);
+        CHECK(along_rows.rows == m);
+        CHECK(along_cols.rows == n);
+        CHECK(along_rows.permuted == c.permuted_rows);
+        CHECK(along_cols.permuted == c.permuted_cols);
+        CHECK(along_rows.stored() >= a.nonZeros());
+        // Each thread's slices hold (sorted) rows of its own range only, all rows once.
+        for (const auto* layout : {&along_rows, &along_cols}) {
+          const auto& p = layout->partition;
+          CHECK(p[0] == 0);
+          CHECK(p[op.threads()] == layout->slices);
+          std::vector<int> seen(layout->rows, 0);
+          for (int t = 0; t < op.threads(); ++t)
+            for (Index r = 4 * p[t]; r < std::min(layout->rows, 4 * p[t + 1]); ++r) {
+              const Index row = layout->permuted ? Index(layout->perm[r]) : r;
+              CHECK((row >= 4 * p[t] && row < std::min(layout->rows, 4 * p[t + 1])));
+              ++seen[row];
+            }
+          CHECK(std::count(seen.begin(), seen.end(), 1) == layout->rows);
+        }
+        for (Real s : {Real(0.7), Real(0)}) {
+          CAPTURE(s);
+          // s = 0: the old contents (NaN here) must not be read.
+          Dense y = s != 0 ? y0 : Dense::Constant(m, nan);
+          Dense v = s != 0 ? v0 : Dense::Constant(n, nan);
+          const Dense ref_y = a * x - Scalar(s) * y0, ref_v = a.adjoint() * u - Scalar(s) * v0;
+          const RealVector scale_y = abs_ax + s * y0.cwiseAbs();
+          const RealVector scale_v = abs_atu + s * v0.cwiseAbs();
+          const Real ny = op.apply_sub_norm2(x, y, s), nv = op.apply_adjoint_sub_norm2(u, v, s);
+          CHECK((y - ref_y).norm() <= tol * scale_y.norm());
+          CHECK((v - ref_v).norm() <= tol * scale_v.norm());
+          CHECK(std::abs(ny - y.squaredNorm()) <= tol * scale_y.squaredNorm());
+          CHECK(std::abs(nv - v.squaredNorm()) <= tol * scale_v.squaredNorm());
+        }
+        Dense y = Dense::Constant(m, nan), v = Dense::Constant(n, nan);
+        op.apply(x, y);
+        op.apply_adjoint(u, v);
+        CHECK((y - a * x).norm() <= tol * abs_ax.norm());
+        CHECK((v - a.adjoint() * u).norm() <= tol * abs_atu.norm());
+        y = y0;
+        v = v0;
+        op.apply_add(x, y);
+        op.apply_adjoint_add(u, v);
+        CHECK((y - (y0 + a * x)).norm() <= tol * (abs_ax + y0.cwiseAbs()).norm());
+        CHECK((v - (v0 + a.adjoint() * u)).norm() <= tol * (abs_atu + v0.cwiseAbs()).norm());
+      }
+  }
 }

@@ -257,13 +257,18 @@ TEST_CASE("a workspace solve allocates nothing once the workspace is sized" *
     solve(method, ws_pre, p.a, p.b, pre);
     const CompressedOperator two_threads(sparse, 2);  // owns its scatter buffers
     solve(method, ws, two_threads, p.b, o);
+    const CompressedOperator sliced(sparse, SparseOptions{.threads = 2, .transposed_index = true});
+    solve(method, ws, sliced, p.b, o);
     long before = g_allocations.load();
     const auto r1 = solve(method, ws, p.a, p.b, o);
     const auto r2 = solve(method, ws, sparse, p.b, o);
     const auto r3 = solve(method, ws, op, p.b, o);
     const auto r4 = solve(method, ws_pre, p.a, p.b, pre);
     const auto r5 = solve(method, ws, two_threads, p.b, o);
+    const auto r6 = solve(method, ws, sliced, p.b, o);
     long after = g_allocations.load();
+    CHECK(sliced.sliced());
+    CHECK(std::abs(r6.iterations - r2.iterations) <= 2);
     CHECK(std::abs(r5.iterations - r2.iterations) <= 2);  // summation order differs
     // The counter works: a fresh workspace does allocate.
     Workspace<double> fresh;

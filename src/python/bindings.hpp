@@ -199,8 +199,10 @@ void register_scalar(py::module_& m, const std::string& suffix) {
               if (idx[k] < 0 || idx[k] >= inner)
                 throw std::invalid_argument("difflsq: sparse index " + std::to_string(idx[k]) +
                                             " out of range [0, " + std::to_string(inner) + ")");
-            // Up to kTransposedIndexNonzeros nonzeros a transposed index (at most 12 bytes a
-            // nonzero) makes both products gathers; larger matrices are not duplicated.
+            // Up to kTransposedIndexNonzeros nonzeros a transposed index makes both products
+            // gathers, over sliced copies of A and Aᵀ (about 2 × 12 bytes a nonzero for
+            // double; the arrays passed in are then not read again); larger matrices are not
+            // duplicated.
             const SparseOptions sparse_options{.transposed_index = nnz <= kTransposedIndexNonzeros};
             if (csr) {
               Eigen::Map<const Eigen::SparseMatrix<Scalar, Eigen::RowMajor, StorageIndex>> map(
