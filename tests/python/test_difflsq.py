@@ -243,9 +243,16 @@ def test_harwell_boeing_iteration_counts_match_scipy(name, method):
     if ref[1] in (1, 2):
         assert abs(ours[2] - ref[2]) <= 3 + 0.05 * ref[2]
         assert ar(ours[0]) <= 10 * kw["atol"]
-    else:  # both hit the iteration limit (illc): equally far along
+    else:  # both hit the iteration limit (illc): equally far along, measured by the quantity
+        # each method minimizes over the Krylov space — ‖r‖ for LSQR (its ‖Aᵀr‖ oscillates: on
+        # illc1033 difflsq's and SciPy's alternate being ahead by up to 20x between iterations
+        # 300, 640 and 1000), ‖Aᵀr‖ for LSMR.
         assert ours[2] == ref[2]
-        assert ar(ours[0]) <= 5 * ar(ref[0])
+        if method == "lsqr":
+            rn = lambda x: np.linalg.norm(b - a @ x)
+            assert rn(ours[0]) <= 1.05 * rn(ref[0])
+        else:
+            assert ar(ours[0]) <= 5 * ar(ref[0])
 
 
 def test_strided_callback_results_are_read_correctly():
