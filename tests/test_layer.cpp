@@ -6,6 +6,7 @@
 #include <difflsq/difflsq.hpp>
 #include <random>
 #include <string>
+#include <type_traits>
 
 #include "test_problems.hpp"
 
@@ -20,21 +21,30 @@ namespace {
 using Mat = Eigen::MatrixXd;
 using Vec = Eigen::VectorXd;
 
-/// argmin ‖Ax − b‖² + λ²‖x‖², minimum-norm: a dense reference independent of the Krylov code.
-Vec dense_solution(const Mat& a, const Vec& b, double lam) {
+template <class S>
+using DMat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
+template <class S>
+using DVec = Eigen::Matrix<S, Eigen::Dynamic, 1>;
+
+/// argmin ‖Ax − b‖² + λ²‖x‖², minimum-norm: a dense reference independent of the Krylov code
+/// (real or complex).
+template <class S>
+DVec<S> dense_solution(const DMat<S>& a, const std::type_identity_t<DVec<S>>& b, double lam) {
   if (lam == 0) return a.completeOrthogonalDecomposition().solve(b);
-  Mat aug(a.rows() + a.cols(), a.cols());
-  aug << a, lam * Mat::Identity(a.cols(), a.cols());
-  Vec rhs = Vec::Zero(aug.rows());
+  DMat<S> aug(a.rows() + a.cols(), a.cols());
+  aug << a, lam * DMat<S>::Identity(a.cols(), a.cols());
+  DVec<S> rhs = DVec<S>::Zero(aug.rows());
   rhs.head(a.rows()) = b;
   return aug.colPivHouseholderQr().solve(rhs);
 }
 
 /// Central difference of x along (dA, db, dλ).
-Vec fd_direction(const Mat& a, const Vec& b, double lam, const Mat& da, const Vec& db, double dl,
-                 double h = 1e-6) {
-  return (dense_solution(a + h * da, b + h * db, lam + h * dl) -
-          dense_solution(a - h * da, b - h * db, lam - h * dl)) /
+template <class S>
+DVec<S> fd_direction(const DMat<S>& a, const std::type_identity_t<DVec<S>>& b, double lam,
+                     const std::type_identity_t<DMat<S>>& da,
+                     const std::type_identity_t<DVec<S>>& db, double dl, double h = 1e-6) {
+  return (dense_solution<S>(a + h * da, b + h * db, lam + h * dl) -
+          dense_solution<S>(a - h * da, b - h * db, lam - h * dl)) /
          (2 * h);
 }
 
@@ -567,22 +577,6 @@ using CMat = Eigen::MatrixXcd;
 using CVec = Eigen::VectorXcd;
 using cd = std::complex<double>;
 
-CVec dense_solution_c(const CMat& a, const CVec& b, double lam) {
-  if (lam == 0) return a.completeOrthogonalDecomposition().solve(b);
-  CMat aug(a.rows() + a.cols(), a.cols());
-  aug << a, lam * CMat::Identity(a.cols(), a.cols());
-  CVec rhs = CVec::Zero(aug.rows());
-  rhs.head(a.rows()) = b;
-  return aug.colPivHouseholderQr().solve(rhs);
-}
-
-CVec fd_direction_c(const CMat& a, const CVec& b, double lam, const CMat& da, const CVec& db,
-                    double dl, double h = 1e-6) {
-  return (dense_solution_c(a + h * da, b + h * db, lam + h * dl) -
-          dense_solution_c(a - h * da, b - h * db, lam - h * dl)) /
-         (2 * h);
-}
-
 /// The gradient of L = Re⟨x̄, x⟩ in PyTorch's convention, ∂L/∂Re z + i ∂L/∂Im z, entry by
 /// entry from central differences along the real and the imaginary unit directions.
 struct FdGradientC {
@@ -599,19 +593,19 @@ FdGradientC fd_gradient_c(const CMat& a, const CVec& b, double lam, const CVec& 
     for (Index i = 0; i < a.rows(); ++i) {
       CMat e = za;
       e(i, j) = 1;
-      const double re = loss(fd_direction_c(a, b, lam, e, zb, 0));
+      const double re = loss(fd_direction(a, b, lam, e, zb, 0));
       e(i, j) = cd(0, 1);
-      const double im = loss(fd_direction_c(a, b, lam, e, zb, 0));
+      const double im = loss(fd_direction(a, b, lam, e, zb, 0));
       g.a(i, j) = cd(re, im);
     }
   for (Index i = 0; i < b.size(); ++i) {
     CVec e = zb;
     e[i] = 1;
-    const double re = loss(fd_direction_c(a, b, lam, za, e, 0));
+    const double re = loss(fd_direction(a, b, lam, za, e, 0));
     e[i] = cd(0, 1);
-    g.b[i] = cd(re, loss(fd_direction_c(a, b, lam, za, e, 0)));
+    g.b[i] = cd(re, loss(fd_direction(a, b, lam, za, e, 0)));
   }
-  if (lam > 0) g.lam = loss(fd_direction_c(a, b, lam, za, zb, 1));
+  if (lam > 0) g.lam = loss(fd_direction(a, b, lam, za, zb, 1));
   return g;
 }
 
@@ -640,7 +634,7 @@ TEST_CASE("layer: complex scalars — reverse and forward mode against finite di
     const CMat da = test::random_matrix<cd>(c.m, c.n, gen);
     const CVec db = test::random_vector<cd>(c.m, gen);
     const double dl = c.lam > 0 ? 0.7 : 0.0;
-    const CVec xdot_ref = fd_direction_c(p.a, p.b, c.lam, da, db, dl);
+    const CVec xdot_ref = fd_direction(p.a, p.b, c.lam, da, db, dl);
     for (Method method : kMethods) {
       const std::string case_name = c.name;
       CAPTURE(case_name);
@@ -651,7 +645,7 @@ TEST_CASE("layer: complex scalars — reverse and forward mode against finite di
       LeastSquares<cd> layer(o);
       auto op = parameterized(p.a);
       auto fwd = layer.forward(op, p.b, c.lam);
-      CHECK(rel_c(fwd.x, dense_solution_c(p.a, p.b, c.lam)) < 1e-9);
+      CHECK(rel_c(fwd.x, dense_solution(p.a, p.b, c.lam)) < 1e-9);
       const auto g = layer.backward(fwd, xbar);
       CHECK(g.converged());
       CHECK(rel_c(g.b, ref.b) < 1e-6);

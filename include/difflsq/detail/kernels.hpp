@@ -63,42 +63,52 @@ concept HasApplyAdd = requires(const Op& op, Eigen::Ref<const Vector<typename Op
 // single running sum is one chain of dependent additions that the compiler may not reassociate,
 // and it kept the loops from vectorizing.
 
+/// LSQR's vector work over x, w, v (length n), D applied when Scaled [PS82, (4.12)].
+template <bool Scaled, class Scalar, class Real>
+Real lsqr_pass(Index n, Scalar* __restrict xp, Scalar* __restrict wp, const Scalar* __restrict vp,
+               const Real* __restrict dp, Real t1, Real t2) {
+  Real acc[4] = {0, 0, 0, 0};
+  auto body = [&](Index j, int l) {
+    const Scalar wj = wp[j];
+    acc[l] += Eigen::numext::abs2(wj);
+    xp[j] += (Scaled ? t1 * dp[j] : t1) * wj;
+    wp[j] = vp[j] + t2 * wj;
+  };
+  Index j = 0;
+  for (; j + 4 <= n; j += 4)
+    for (int l = 0; l < 4; ++l) body(j + l, l);
+  for (; j < n; ++j) body(j, 0);
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
 /// LSQR's vector work of one iteration in one pass [PS82, (4.12)]: returns ‖w‖² (before the
 /// update) and does x += t1·D w, w = v + t2·w (D = diag(d), or I when d is null).
 template <class Scalar>
 RealOf<Scalar> lsqr_update(Vector<Scalar>& x, Vector<Scalar>& w, const Vector<Scalar>& v,
                            RealOf<Scalar> t1, RealOf<Scalar> t2, const Vector<RealOf<Scalar>>* d) {
-  using Real = RealOf<Scalar>;
-  const Index n = x.size();
-  Scalar* __restrict xp = x.data();
-  Scalar* __restrict wp = w.data();
-  const Scalar* __restrict vp = v.data();
-  const Real* __restrict dp = d ? d->data() : nullptr;
+  if (d) return lsqr_pass<true>(x.size(), x.data(), w.data(), v.data(), d->data(), t1, t2);
+  return lsqr_pass<false>(x.size(), x.data(), w.data(), v.data(),
+                          static_cast<const RealOf<Scalar>*>(nullptr), t1, t2);
+}
+
+/// LSMR's vector work over x, h, h̄, v (length n), D applied when Scaled [FS11, (3.3)].
+template <bool Scaled, class Scalar, class Real>
+Real lsmr_pass(Index n, Scalar* __restrict xp, Scalar* __restrict hp, Scalar* __restrict hb,
+               const Scalar* __restrict vp, const Real* __restrict dp, Real c_hbar, Real c_x,
+               Real c_h) {
   Real acc[4] = {0, 0, 0, 0};
+  auto body = [&](Index j, int l) {
+    const Scalar hbj = hp[j] + c_hbar * hb[j];
+    hb[j] = hbj;
+    const Scalar xj = xp[j] + (Scaled ? c_x * dp[j] : c_x) * hbj;
+    xp[j] = xj;
+    acc[l] += Eigen::numext::abs2(xj);
+    hp[j] = vp[j] + c_h * hp[j];
+  };
   Index j = 0;
-  if (dp) {
-    for (; j + 4 <= n; j += 4)
-      for (int l = 0; l < 4; ++l) {
-        const Scalar wj = wp[j + l];
-        acc[l] += Eigen::numext::abs2(wj);
-        xp[j + l] += (t1 * dp[j + l]) * wj;
-        wp[j + l] = vp[j + l] + t2 * wj;
-      }
-  } else {
-    for (; j + 4 <= n; j += 4)
-      for (int l = 0; l < 4; ++l) {
-        const Scalar wj = wp[j + l];
-        acc[l] += Eigen::numext::abs2(wj);
-        xp[j + l] += t1 * wj;
-        wp[j + l] = vp[j + l] + t2 * wj;
-      }
-  }
-  for (; j < n; ++j) {
-    const Scalar wj = wp[j];
-    acc[0] += Eigen::numext::abs2(wj);
-    xp[j] += (dp ? t1 * dp[j] : t1) * wj;
-    wp[j] = vp[j] + t2 * wj;
-  }
+  for (; j + 4 <= n; j += 4)
+    for (int l = 0; l < 4; ++l) body(j + l, l);
+  for (; j < n; ++j) body(j, 0);
   return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
@@ -108,45 +118,11 @@ template <class Scalar>
 RealOf<Scalar> lsmr_update(Vector<Scalar>& x, Vector<Scalar>& h, Vector<Scalar>& hbar,
                            const Vector<Scalar>& v, RealOf<Scalar> c_hbar, RealOf<Scalar> c_x,
                            RealOf<Scalar> c_h, const Vector<RealOf<Scalar>>* d) {
-  using Real = RealOf<Scalar>;
-  const Index n = x.size();
-  Scalar* __restrict xp = x.data();
-  Scalar* __restrict hp = h.data();
-  Scalar* __restrict hb = hbar.data();
-  const Scalar* __restrict vp = v.data();
-  const Real* __restrict dp = d ? d->data() : nullptr;
-  Real acc[4] = {0, 0, 0, 0};
-  Index j = 0;
-  if (dp) {
-    for (; j + 4 <= n; j += 4)
-      for (int l = 0; l < 4; ++l) {
-        const Scalar hbj = hp[j + l] + c_hbar * hb[j + l];
-        hb[j + l] = hbj;
-        const Scalar xj = xp[j + l] + (c_x * dp[j + l]) * hbj;
-        xp[j + l] = xj;
-        acc[l] += Eigen::numext::abs2(xj);
-        hp[j + l] = vp[j + l] + c_h * hp[j + l];
-      }
-  } else {
-    for (; j + 4 <= n; j += 4)
-      for (int l = 0; l < 4; ++l) {
-        const Scalar hbj = hp[j + l] + c_hbar * hb[j + l];
-        hb[j + l] = hbj;
-        const Scalar xj = xp[j + l] + c_x * hbj;
-        xp[j + l] = xj;
-        acc[l] += Eigen::numext::abs2(xj);
-        hp[j + l] = vp[j + l] + c_h * hp[j + l];
-      }
-  }
-  for (; j < n; ++j) {
-    const Scalar hbj = hp[j] + c_hbar * hb[j];
-    hb[j] = hbj;
-    const Scalar xj = xp[j] + (dp ? c_x * dp[j] : c_x) * hbj;
-    xp[j] = xj;
-    acc[0] += Eigen::numext::abs2(xj);
-    hp[j] = vp[j] + c_h * hp[j];
-  }
-  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  if (d)
+    return lsmr_pass<true>(x.size(), x.data(), h.data(), hbar.data(), v.data(), d->data(), c_hbar,
+                           c_x, c_h);
+  return lsmr_pass<false>(x.size(), x.data(), h.data(), hbar.data(), v.data(),
+                          static_cast<const RealOf<Scalar>*>(nullptr), c_hbar, c_x, c_h);
 }
 
 /// Operators that fuse y ← A x − a·y with the computation of ‖y‖² (CompressedOperator).

@@ -252,6 +252,14 @@ RealOf<Scalar> sell_tail(const SlicedEll<Scalar, StorageIndex>& m, const Scalar*
     default: BODY(0);                    \
   }
 
+/// The slices [b, e) of `run` inside [s0, s1) and before the partial last slice `full`, and
+/// the offset of slice b's entries (b ≥ e: none).
+template <class Run>
+inline std::array<Index, 3> clip(const Run& run, Index s0, Index s1, Index full) {
+  const Index b = std::max(run.begin, s0), e = std::min({run.end, s1, full});
+  return {b, e, run.offset + (b - run.begin) * kSliceRows * run.width};
+}
+
 /// Slices [s0, s1) of the portable kernel: returns Σ |y_r|² over their rows.
 template <bool Permuted, bool Overwrite, bool Conj, class Scalar, class StorageIndex>
 RealOf<Scalar> sell_range(const SlicedEll<Scalar, StorageIndex>& m, const Scalar* x, Scalar* y,
@@ -262,10 +270,9 @@ RealOf<Scalar> sell_range(const SlicedEll<Scalar, StorageIndex>& m, const Scalar
   const Index full = m.rows / kSliceRows;
   RealOf<Scalar> norm2 = 0;
   for (const auto& run : m.runs) {
-    const Index b = std::max(run.begin, s0), e = std::min({run.end, s1, full});
     if (run.begin >= s1) break;
+    const auto [b, e, off] = clip(run, s0, s1, full);
     if (b >= e) continue;
-    const Index off = run.offset + (b - run.begin) * kSliceRows * run.width;
 #define DIFFLSQ_BODY(W)                                                                      \
   norm2 += sell_slices<W, Permuted, Overwrite, Conj>(idx + off, val + off, perm, b, e, run.width, \
                                                       x, y, a)
@@ -334,10 +341,9 @@ DIFFLSQ_TARGET_AVX2 double avx2_range(const SlicedEll<double, std::int32_t>& m, 
   const __m256d va = _mm256_set1_pd(a);
   __m256d n2 = _mm256_setzero_pd();
   for (const auto& run : m.runs) {
-    const Index b = std::max(run.begin, s0), e = std::min({run.end, s1, full});
     if (run.begin >= s1) break;
+    const auto [b, e, off] = clip(run, s0, s1, full);
     if (b >= e) continue;
-    const Index off = run.offset + (b - run.begin) * kSliceRows * run.width;
 #define DIFFLSQ_BODY(W) \
   n2 = avx2_slices<W, Permuted, Overwrite>(idx + off, val + off, perm, b, e, run.width, x, y, va, n2)
     DIFFLSQ_SELL_WIDTHS(run.width, DIFFLSQ_BODY)
