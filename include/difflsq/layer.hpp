@@ -5,7 +5,7 @@
 //
 // without storing iterates: the derivative rules are least-squares solves of their own
 // (docs/gradients.md derives every formula used below; equation numbers (G…) refer to it):
-// one damped solve when λ is large enough (G11), else two, undamped and damped (G5, G6).
+// one solve for λ > 0 and a tall A or strong damping (G12), else two (G5, G6).
 //
 //     difflsq::LeastSquares<double> layer({.method = difflsq::Method::Lsmr});
 //     auto A = difflsq::parameterized(M);          // θ = entries of M
@@ -162,6 +162,33 @@ template <class Op>
 inline constexpr bool is_adjoint_v = false;
 template <class Op>
 inline constexpr bool is_adjoint_v<AdjointOperator<Op>> = true;
+
+/// K = [A; λI], (m + n) × n: the damped problem (1) as an undamped one (G12).
+template <LinearOperator Op>
+class Stacked {
+ public:
+  using Scalar = typename Op::Scalar;
+  Stacked(const Op& a, RealOf<Scalar> lam) : a_(&a), lam_(lam) {}
+  Index rows() const { return a_->rows() + a_->cols(); }
+  Index cols() const { return a_->cols(); }
+  void apply(Eigen::Ref<const Vector<Scalar>> x, Eigen::Ref<Vector<Scalar>> y) const {
+    a_->apply(x, y.head(a_->rows()));
+    y.tail(x.size()) = lam_ * x;
+  }
+  void apply_adjoint(Eigen::Ref<const Vector<Scalar>> u, Eigen::Ref<Vector<Scalar>> v) const {
+    a_->apply_adjoint(u.head(a_->rows()), v);
+    v += lam_ * u.tail(v.size());
+  }
+
+ private:
+  const Op* a_;
+  RealOf<Scalar> lam_;
+};
+
+template <class Op>
+inline constexpr bool is_stacked_adjoint_v = false;
+template <class Op>
+inline constexpr bool is_stacked_adjoint_v<AdjointOperator<Stacked<Op>>> = true;
 }  // namespace detail
 
 template <class Scalar>
@@ -205,23 +232,24 @@ class LeastSquares {
                                   std::to_string(xbar.size()) + ", expected " + std::to_string(n));
     if (!xbar.allFinite())
       throw std::invalid_argument("difflsq::LeastSquares::backward: xbar is not finite");
-    const Real lam = f.damp, lam2 = lam * lam;
+    const Real lam = f.damp;
     const auto& tol = backward_tolerances();
     Gradients<Scalar> g;
     Vector<Scalar> tmp(n);
-    if (strongly_damped(f)) {
-      // (G11): one damped solve, b̄ = argmin ‖Aᴴc − x̄‖² + λ²‖c‖², and y = s/λ² from its
-      // residual s = x̄ − Aᴴb̄ = λ²y; no undamped solve, whose cost and accuracy would depend on
-      // cond(A) rather than on the damped problem.
-      g.b = run("backward: min |A^T c - xbar|^2 + damp^2 |c|^2", at, xbar, lam, nullptr, tol,
-                g.solves);
-      a.apply_adjoint(g.b, tmp);
-      Vector<Scalar> y = (xbar - tmp) / lam2;
+    if (stacked_ok(lam) && (m >= n || strongly_damped(f))) {
+      // (G12): one undamped solve, w = [A y; λ y] with y = (AᴴA + λ²I)⁻¹x̄, so b̄ = A y (G3)
+      // is w's head and y its tail over λ; no division by λ², no solve with A alone, whose
+      // cost and accuracy would depend on cond(A) rather than on the damped problem.
+      const Vector<Scalar> w = normal_solve("backward: min-norm [A^T damp I] w = xbar", a, xbar,
+                                            lam, tol, g.solves);
+      g.b = w.head(m);
+      Vector<Scalar> y = w.tail(n) / lam;
       g.damp = -2 * lam * std::real(f.x.dot(y));  // (G4); Eigen's dot is xᴴy
-      g.a_terms.emplace_back(f.r, std::move(y));
+      g.a_terms.emplace_back(f.r, std::move(y));  // Ā = r yᴴ − b̄ xᴴ (G2)
       g.a_terms.emplace_back(-g.b, f.x);
     } else if (m >= n) {
-      // Tall (G5): split x̄ = Aᴴp + q, q the part of x̄ in N(A); y = (AᴴA + λ²I)⁻¹x̄.
+      // Tall, λ = 0 (or too small for G12; then λ̄ ≈ 0): split x̄ = Aᴴp + q with q ∈ N(A)
+      // (G5); y = (AᴴA)⁺x̄ = A⁺p.
       const Vector<Scalar> p = run("backward: min |A^T p - xbar|", at, xbar, 0, nullptr, tol,
                                    g.solves);
       a.apply_adjoint(p, tmp);
@@ -229,15 +257,13 @@ class LeastSquares {
       const bool null_part = g.solves.back().report.converged() &&
                              above_noise(q.norm(), xbar.norm(), g.solves.back().report.anorm,
                                          p.norm(), tol);
-      Vector<Scalar> y = run("backward: min |Ay - p|^2 + damp^2 |y|^2", a, p, lam, nullptr, tol,
-                             g.solves);
+      Vector<Scalar> y = run("backward: min |Ay - p|", a, p, 0, nullptr, tol, g.solves);
       g.b.resize(m);
-      a.apply(y, g.b);                 // b̄ = A y (G3)
-      g.damp = -2 * lam * std::real(f.x.dot(y));  // (G4); q ⟂ x: q/λ² would add only rounding
-      if (null_part && lam > 0) y += q / lam2;  // (AᴴA + λ²I)⁻¹q = q/λ² for q ∈ N(A)
-      g.a_terms.emplace_back(f.r, y);         // Ā = r yᴴ − b̄ xᴴ (G2)
+      a.apply(y, g.b);                            // b̄ = A y (G3)
+      g.damp = -2 * lam * std::real(f.x.dot(y));  // (G4)
+      g.a_terms.emplace_back(f.r, std::move(y));  // Ā = r yᴴ − b̄ xᴴ (G2)
       g.a_terms.emplace_back(-g.b, f.x);
-      if (null_part && lam == 0) g.a_terms.emplace_back(dual(f, g.solves), q);  // (G7)
+      if (null_part) g.a_terms.emplace_back(dual(f, g.solves), q);  // (G7)
     } else {
       // Wide (G6): b̄ = (AAᴴ + λ²I)⁺ A x̄ directly; s = x̄ − Aᴴb̄ = λ²y; Ā = z sᴴ − b̄ xᴴ.
       g.b = run("backward: min |A^T c - xbar|^2 + damp^2 |c|^2", at, xbar, lam, nullptr, tol,
@@ -287,33 +313,24 @@ class LeastSquares {
                                     "a tangent of theta needs a ParameterizedOperator");
       }
     }
-    const Real lam = f.damp, lam2 = lam * lam, dlam = t.damp;
+    const Real lam = f.damp, dlam = t.damp;
     const auto& tol = backward_tolerances();
     TangentResult<Scalar> out;
     // (G8): (AᴴA + λ²I) ẋ = Aᴴc + w with c = ḃ − Ȧx and w = Ȧᴴr − 2λλ̇x.
     Vector<Scalar> c = t.b ? *t.b : Vector<Scalar>::Zero(m);
     if (t.theta) c -= ad_x;
-    if (lam > 0 && m >= n && !strongly_damped(f)) {
-      Vector<Scalar> w = (-2 * lam * dlam) * f.x;
-      if (t.theta) w += ad_r;
-      if (w.squaredNorm() == 0) {
-        out.x = run("jvp: min |Ax' - c|^2 + damp^2 |x'|^2", a, c, lam, nullptr, tol, out.solves);
-        return out;
-      }
-      // Tall: split w = Aᴴp + q as in backward (G5).
-      const Vector<Scalar> p = run("jvp: min |A^T p - w|", at, w, 0, nullptr, tol, out.solves);
-      Vector<Scalar> q(n);
-      a.apply_adjoint(p, q);
-      q = w - q;
-      const bool null_part = out.solves.back().report.converged() &&
-                             above_noise(q.norm(), w.norm(), out.solves.back().report.anorm,
-                                         p.norm(), tol);
-      c += p;
-      out.x = run("jvp: min |Ax' - c|^2 + damp^2 |x'|^2", a, c, lam, nullptr, tol, out.solves);
-      if (null_part) out.x += q / lam2;
+    if (stacked_ok(lam) && m >= n) {
+      // Tall (G8, G12): ẋ = (AᴴA + λ²I)⁻¹(Aᴴc + w) with w = Ȧᴴr − 2λλ̇x, one undamped solve.
+      Vector<Scalar> rhs(n);
+      a.apply_adjoint(c, rhs);
+      rhs -= (2 * lam * dlam) * f.x;
+      if (t.theta) rhs += ad_r;
+      const Vector<Scalar> w = normal_solve("jvp: min-norm [A^T damp I] w = A^T c + w", a, rhs,
+                                            lam, tol, out.solves);
+      out.x = w.tail(n) / lam;
       return out;
     }
-    // Wide, strongly damped, or λ = 0 (G8): with the dual z (x = Aᴴz, r = λ²z),
+    // Wide, or λ = 0 (G8): with the dual z (x = Aᴴz, r = λ²z),
     // Aᴴc + w = Aᴴ(c − 2λλ̇z) + λ²Ȧᴴz,
     // so ẋ = argmin |Ax' − (c − 2λλ̇z)|² + λ²|x' − Ȧᴴz|²: one solve started at x0 = Ȧᴴz.
     const Vector<Scalar>& z = dual(f, out.solves);
@@ -336,7 +353,7 @@ class LeastSquares {
 
  private:
   LeastSquaresOptions<Scalar> opts_;
-  Workspace<Scalar> ws_a_, ws_at_;  // solves with A and with Aᵀ (different sizes)
+  Workspace<Scalar> ws_a_, ws_at_, ws_k_;  // solves with A, Aᴴ and [Aᴴ λI] (G12)
 
   const Tolerances<Real>& backward_tolerances() const {
     return opts_.backward ? *opts_.backward : opts_.forward;
@@ -358,10 +375,8 @@ class LeastSquares {
     return norm > std::max(tol.btol, eps) * rhs_norm + std::max(tol.atol, eps) * anorm * sol_norm;
   }
 
-  /// The dual solution z = (AAᵀ + λ²I)⁺b (G9): z_R = (Aᵀ)⁺x by a solve, plus the part of
-  /// r = λ²z outside range(A), which that solve cannot see, divided by λ².
-  /// Whether λ is large enough for the rules that divide by λ² (G11): their relative error is
-  /// about tol·‖A‖²/λ², which this keeps below √tol (‖A‖ by the forward solve's estimate of
+  /// Whether λ is large enough to take z = r/λ² (G11): its relative error is about
+  /// tol·‖A‖²/λ², which this keeps below √tol (‖A‖ by the forward solve's estimate of
   /// ‖[A; λI]‖_F, an upper bound).
   template <LinearOperator Op>
   bool strongly_damped(const Forward<Op>& f) const {
@@ -372,6 +387,9 @@ class LeastSquares {
     return f.damp > 0 && f.damp * f.damp >= std::sqrt(tol) * anorm * anorm;
   }
 
+  /// The dual solution z = (AAᵀ + λ²I)⁺b: r/λ² under strong damping (G11), else (G9) z_R =
+  /// (Aᵀ)⁺x by a solve plus the part of r = λ²z outside range(A), which that solve cannot see,
+  /// divided by λ².
   template <LinearOperator Op>
   const Vector<Scalar>& dual(Forward<Op>& f, std::vector<SolveRecord<Real>>& log) {
     if (!f.dual && strongly_damped(f)) {
@@ -387,10 +405,25 @@ class LeastSquares {
       f.residual_outside_range =
           f.report.converged() && log.back().report.converged() &&
           above_noise(rn.norm(), f.b.norm(), f.report.anorm, f.x.norm(), opts_.forward);
-      if (f.residual_outside_range && lam2 > 0) z += rn / lam2;
+      if (f.residual_outside_range && stacked_ok(f.damp)) z += rn / lam2;
       f.dual = std::move(z);
     }
     return *f.dual;
+  }
+
+  /// Whether λ is large enough for (G12): λ·v must not underflow, and λ² be a normal number.
+  static bool stacked_ok(Real lam) { return lam > std::sqrt(std::numeric_limits<Real>::min()); }
+
+  /// (G12): for λ > 0 the minimum-norm solution of the consistent system [Aᴴ λI] w = g is
+  /// w = K (KᴴK)⁻¹ g = [A y; λ y] with K = [A; λI] and y = (AᴴA + λ²I)⁻¹g. One undamped solve
+  /// whose iterates stay in range(K), so y = w_tail/λ is exact (no cancellation), whatever λ;
+  /// its conditioning is that of the damped problem (1).
+  template <LinearOperator Op>
+  Vector<Scalar> normal_solve(const char* role, const Op& a, Eigen::Ref<const Vector<Scalar>> g,
+                              Real lam, const Tolerances<Real>& tol,
+                              std::vector<SolveRecord<Real>>& log) {
+    const detail::Stacked<Op> k(a, lam);
+    return run(role, AdjointOperator<detail::Stacked<Op>>(k), g, 0, nullptr, tol, log);
   }
 
   template <LinearOperator Op>
@@ -404,7 +437,9 @@ class LeastSquares {
     o.conlim = tol.conlim;
     o.max_iterations = tol.max_iterations;
     if (x0) o.x0 = *x0;
-    Workspace<Scalar>& ws = detail::is_adjoint_v<Op> ? ws_at_ : ws_a_;
+    Workspace<Scalar>& ws = detail::is_stacked_adjoint_v<Op> ? ws_k_
+                            : detail::is_adjoint_v<Op>       ? ws_at_
+                                                             : ws_a_;
     const auto report = solve(opts_.method, ws, op, rhs, o);
     log.push_back({role, report});
     if (!report.converged()) fail(role, report);
