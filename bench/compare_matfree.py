@@ -8,7 +8,8 @@ The driver (this file, run with NumPy only) writes the problems to a temporary .
 worker process per library and thread setting (difflsq: `python3` with PYTHONPATH=build/python;
 matfree: the venv's Python, float64 enabled), reads their .npz results and prints the tables.
 Loss L = <w, x>; gradients w.r.t. the operator's parameters (the entries of a dense A, or the
-kernel of a convolution), b and damp, compared with a dense NumPy reference:
+kernel of a convolution: for difflsq once as a torch callable, once as its built-in
+Convolution1d), b and damp, compared with a dense NumPy reference:
 x = (AᵀA + λ²I)⁻¹Aᵀb, y = (AᵀA + λ²I)⁻¹w, r = b - Ax, ∂L/∂b = Ay, ∂L/∂A = r yᵀ - (Ay) xᵀ,
 ∂L/∂λ = -2λ<x, y>. Both solve with LSMR, atol = btol = 1e-8, conlim = 1e8 (ctol = 1e-8).
 Times: best of --repeat after one warm-up call (for JAX: the jit compilation), in ms.
@@ -44,12 +45,15 @@ def make_problems(seed=0):
     wt, ww = rng.standard_normal(500), rng.standard_normal(2000)
     kern = np.exp(-0.5 * (np.arange(31) - 15.0) ** 2 / 2.0 ** 2)
     kern = kern / kern.sum() + 0.01 * rng.standard_normal(31)
+    bc, wc = rng.standard_normal(2030), rng.standard_normal(2000)
     return [
         dict(name="tall 2000x500 damp=0", kind="dense", A=tall, b=bt, w=wt, damp=0.0),
         dict(name="tall 2000x500 damp=0.1", kind="dense", A=tall, b=bt, w=wt, damp=0.1),
         dict(name="wide 500x2000 damp=0.1", kind="dense", A=wide, b=bw, w=ww, damp=0.1),
-        dict(name="conv n=2000 K=31 damp=0.02", kind="conv", A=kern, b=rng.standard_normal(2030),
-             w=rng.standard_normal(2000), damp=0.02),
+        dict(name="conv n=2000 K=31 damp=0.02", kind="conv", A=kern, b=bc, w=wc, damp=0.02),
+        # The same problem; difflsq through its built-in Convolution1d (products in C++).
+        dict(name="  same, Convolution1d", kind="conv", builtin=True, A=kern, b=bc, w=wc,
+             damp=0.02),
     ]
 
 
@@ -103,8 +107,10 @@ def worker_difflsq(probs, repeat, threads):
             def conv(v, k):  # full convolution, A(k) v, length m
                 return F.conv1d(v.view(1, 1, -1), k.flip(0).view(1, 1, -1), padding=K - 1).view(-1)
 
+            op = dt.Convolution1d(m - K + 1, K, "full") if p.get("builtin") else conv
+
             def solve(th, b, d, **k):
-                return dt.lstsq(conv, b, d, params=(th,), shape=(m, m - K + 1), **kw, **k)
+                return dt.lstsq(op, b, d, params=(th,), shape=(m, m - K + 1), **kw, **k)
 
         def fwd():
             with torch.no_grad():

@@ -4,6 +4,8 @@
 
 #include <Eigen/Dense>
 #include <difflsq/difflsq.hpp>
+#include <cmath>
+#include <complex>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -93,49 +95,20 @@ Vec random_vec(Index n, unsigned seed) {
   return difflsq::test::random_vector<double>(n, gen);
 }
 
-/// A 1-D full convolution y = k ∗ x (m = n + p − 1) whose kernel k is the parameter.
-struct Convolution {
-  using Scalar = double;
-  const Vec* k;
-  Index n;
-  Index rows() const { return n + k->size() - 1; }
-  Index cols() const { return n; }
-  static void conv(const Eigen::Ref<const Vec>& ker, const Eigen::Ref<const Vec>& x,
-                   Eigen::Ref<Vec> y) {
-    y.setZero();
-    for (Index j = 0; j < x.size(); ++j)
-      for (Index t = 0; t < ker.size(); ++t) y[j + t] += ker[t] * x[j];
-  }
-  static void corr(const Eigen::Ref<const Vec>& ker, const Eigen::Ref<const Vec>& u,
-                   Eigen::Ref<Vec> v) {
-    for (Index j = 0; j < v.size(); ++j) {
-      double s = 0;
-      for (Index t = 0; t < ker.size(); ++t) s += ker[t] * u[j + t];
-      v[j] = s;
-    }
-  }
-  void apply(Eigen::Ref<const Vec> x, Eigen::Ref<Vec> y) const { conv(*k, x, y); }
-  void apply_adjoint(Eigen::Ref<const Vec> u, Eigen::Ref<Vec> v) const { corr(*k, u, v); }
-  Index parameter_count() const { return k->size(); }
-  // ⟨u, k ∗ v⟩ = Σ_t k_t Σ_j u[j + t] v[j]
-  void add_parameter_gradient(Eigen::Ref<const Vec> u, Eigen::Ref<const Vec> v,
-                              Eigen::Ref<Vec> g) const {
-    for (Index t = 0; t < k->size(); ++t) g[t] += u.segment(t, n).dot(v);
-  }
-  void apply_derivative(Eigen::Ref<const Vec> t, Eigen::Ref<const Vec> v, Eigen::Ref<Vec> y) const {
-    conv(t, v, y);
-  }
-  void apply_derivative_adjoint(Eigen::Ref<const Vec> t, Eigen::Ref<const Vec> u,
-                                Eigen::Ref<Vec> w) const {
-    corr(t, u, w);
-  }
-  Mat dense() const {
-    Mat a = Mat::Zero(rows(), n);
-    for (Index j = 0; j < n; ++j) a.col(j).segment(j, k->size()) = *k;
-    return a;
-  }
-};
-static_assert(ParameterizedOperator<Convolution>);
+/// The matrix of a 1-D convolution by definition: the full convolution f_i = Σ_t k_t x_{i−t}
+/// of each unit vector, windowed as NumPy's convolve modes do (full, same, valid).
+template <class S>
+DMat<S> convolution_matrix(const DVec<S>& k, Index n, ConvolutionMode mode) {
+  const Index p = k.size(), full = n + p - 1;
+  DMat<S> f = DMat<S>::Zero(full, n);
+  for (Index s = 0; s < n; ++s)
+    for (Index t = 0; t < p; ++t) f(s + t, s) += k[t];
+  if (mode == ConvolutionMode::Full) return f;
+  if (mode == ConvolutionMode::Same) return f.middleRows((p - 1) / 2, n);
+  return f.middleRows(p - 1, n - p + 1);
+}
+static_assert(ParameterizedOperator<Convolution<double>>);
+static_assert(ParameterizedOperator<Convolution<std::complex<float>>>);
 static_assert(ParameterizedOperator<MatrixParameters<Mat>>);
 
 struct Case {
@@ -395,38 +368,88 @@ TEST_CASE("layer: zero right-hand side gives zero x and finite, consistent gradi
   }
 }
 
+TEST_CASE("Convolution: products, adjoint and parameter gradient against its matrix") {
+  using C = std::complex<double>;
+  std::mt19937_64 gen(41);
+  const ConvolutionMode modes[] = {ConvolutionMode::Full, ConvolutionMode::Same,
+                                   ConvolutionMode::Valid};
+  for (const Index p : {1, 4, 5}) {
+    for (const ConvolutionMode mode : modes) {
+      CAPTURE(p);
+      CAPTURE(int(mode));
+      const Index n = 9;
+      const DVec<C> k = test::random_vector<C>(p, gen), kd = test::random_vector<C>(p, gen);
+      const Convolution<C> conv(k, n, mode);
+      const DMat<C> a = convolution_matrix(k, n, mode);
+      REQUIRE(conv.rows() == a.rows());
+      CHECK(check_adjoint(conv).passed);
+      const DVec<C> x = test::random_vector<C>(n, gen), u = test::random_vector<C>(a.rows(), gen);
+      DVec<C> y(a.rows()), v(n), g = DVec<C>::Zero(p);
+      conv.apply(x, y);
+      CHECK(test::relative_error(y, DVec<C>(a * x)) < 1e-14);
+      conv.apply_adjoint(u, v);
+      CHECK(test::relative_error(v, DVec<C>(a.adjoint() * u)) < 1e-14);
+      // ∇_k Re⟨u, A(k)x⟩: the entries of u xᴴ summed over the cells where k_t appears.
+      conv.add_parameter_gradient(u, x, g);
+      const DMat<C> uxh = u * x.adjoint();
+      for (Index t = 0; t < p; ++t) {
+        DVec<C> et = DVec<C>::Zero(p);
+        et[t] = 1;
+        const DMat<C> pattern = convolution_matrix(et, n, mode);
+        CHECK(std::abs(g[t] - (pattern.array() * uxh.array()).sum()) < 1e-13);
+      }
+      conv.apply_derivative(kd, x, y);
+      CHECK(test::relative_error(y, DVec<C>(convolution_matrix(kd, n, mode) * x)) < 1e-14);
+      conv.apply_derivative_adjoint(kd, u, v);
+      CHECK(test::relative_error(v, DVec<C>(convolution_matrix(kd, n, mode).adjoint() * u)) <
+            1e-14);
+    }
+  }
+  const Vec k3 = Vec::Ones(3);
+  CHECK_THROWS_AS(Convolution<double>(Vec(0), 5), std::invalid_argument);
+  CHECK_THROWS_AS(Convolution<double>(k3, 2, ConvolutionMode::Valid), std::invalid_argument);
+  CHECK_THROWS_AS(Convolution<double>(Vec::Constant(3, NAN), 5), std::invalid_argument);
+  Convolution<double> conv(k3, 5);
+  Vec g = Vec::Zero(2);
+  CHECK_THROWS_AS(conv.add_parameter_gradient(Vec::Ones(7), Vec::Ones(5), g),
+                  std::invalid_argument);
+}
+
 TEST_CASE("layer: a convolution whose kernel is the parameter") {
   const Vec kernel = (Vec(4) << 1.0, -0.5, 0.25, 0.3).finished();
   const Index n = 12;
-  const Convolution conv{&kernel, n};
-  CHECK(check_adjoint(conv).passed);
-  const Vec b = random_vec(conv.rows(), 8), xbar = random_vec(n, 9);
-  for (double lam : {0.0, 0.1}) {
-    CAPTURE(lam);
-    LeastSquares<double> layer(tight(Method::Lsmr));
-    auto fwd = layer.forward(conv, b, lam);
-    CHECK(test::relative_error(fwd.x, dense_solution(conv.dense(), b, lam)) < 1e-9);
-    const auto g = layer.backward(fwd, xbar);
-    // θ̄ by finite differences of the dense solve with a perturbed kernel.
-    for (Index t = 0; t < kernel.size(); ++t) {
+  for (const ConvolutionMode mode :
+       {ConvolutionMode::Full, ConvolutionMode::Same, ConvolutionMode::Valid}) {
+    CAPTURE(int(mode));
+    const Convolution<double> conv(kernel, n, mode);
+    auto dense = [&](const Vec& k) { return convolution_matrix<double>(k, n, mode); };
+    const Vec b = random_vec(conv.rows(), 8), xbar = random_vec(n, 9);
+    for (double lam : {0.0, 0.1}) {
+      CAPTURE(lam);
+      LeastSquares<double> layer(tight(Method::Lsmr));
+      auto fwd = layer.forward(conv, b, lam);
+      CHECK(test::relative_error(fwd.x, dense_solution(dense(kernel), b, lam)) < 1e-9);
+      const auto g = layer.backward(fwd, xbar);
+      // θ̄ by finite differences of the dense solve with a perturbed kernel.
+      for (Index t = 0; t < kernel.size(); ++t) {
+        const double h = 1e-6;
+        Vec kp = kernel, km = kernel;
+        kp[t] += h;
+        km[t] -= h;
+        const double fd =
+            xbar.dot(dense_solution(dense(kp), b, lam) - dense_solution(dense(km), b, lam)) /
+            (2 * h);
+        CHECK(g.theta[t] == doctest::Approx(fd).epsilon(1e-6));
+      }
+      // Forward mode along a kernel tangent.
+      const Vec dk = random_vec(kernel.size(), 10);
+      const auto tan = layer.jvp(fwd, {.theta = dk});
       const double h = 1e-6;
-      Vec kp = kernel, km = kernel;
-      kp[t] += h;
-      km[t] -= h;
-      const Convolution cp{&kp, n}, cm{&km, n};
-      const double fd =
-          xbar.dot(dense_solution(cp.dense(), b, lam) - dense_solution(cm.dense(), b, lam)) /
-          (2 * h);
-      CHECK(g.theta[t] == doctest::Approx(fd).epsilon(1e-6));
+      const Vec fd = (dense_solution(dense(kernel + h * dk), b, lam) -
+                      dense_solution(dense(kernel - h * dk), b, lam)) /
+                     (2 * h);
+      CHECK(test::relative_error(tan.x, fd) < 1e-6);
     }
-    // Forward mode along a kernel tangent.
-    const Vec dk = random_vec(kernel.size(), 10);
-    const auto tan = layer.jvp(fwd, {.theta = dk});
-    const double h = 1e-6;
-    const Vec kp = kernel + h * dk, km = kernel - h * dk;
-    const Convolution cp{&kp, n}, cm{&km, n};
-    const Vec fd = (dense_solution(cp.dense(), b, lam) - dense_solution(cm.dense(), b, lam)) / (2 * h);
-    CHECK(test::relative_error(tan.x, fd) < 1e-6);
   }
 }
 

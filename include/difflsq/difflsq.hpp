@@ -2,6 +2,7 @@
 #pragma once
 
 #include "cgls.hpp"
+#include "convolution.hpp"
 #include "lsmr.hpp"
 #include "layer.hpp"
 #include "lsqr.hpp"

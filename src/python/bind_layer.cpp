@@ -1,6 +1,7 @@
 // Python bindings of the differentiable layer (layer.hpp) for float and double: the forward
-// pass on a dense C-contiguous matrix or on callbacks, the reverse rule and (dense) the forward
-// rule. difflsq/torch.py turns these into a torch.autograd.Function; the parameter products
+// pass on a dense C-contiguous matrix, on callbacks or on a built-in 1-D convolution whose
+// kernel is the parameter (convolution.hpp), the reverse rule and (dense, convolution) the
+// forward rule. difflsq/torch.py turns these into a torch.autograd.Function; the parameter products
 // of a callable operator are done there, with torch autograd, from the Ā = Σ u vᵀ terms.
 #include <memory>
 
@@ -35,6 +36,23 @@ struct CallbackForward {
       : op(m, n, PyCallback<Scalar>{std::move(matvec), m, "matvec"},
            PyCallback<Scalar>{std::move(rmatvec), n, "rmatvec"}) {}
 };
+
+/// A forward pass on Convolution(kernel, n, mode): every product runs in C++.
+template <class Scalar>
+struct ConvolutionForward {
+  Convolution<Scalar> op;
+  Forward<Convolution<Scalar>> fwd;
+  ConvolutionForward(Eigen::Ref<const Vector<Scalar>> kernel, Index n, ConvolutionMode mode)
+      : op(kernel, n, mode) {}
+};
+
+ConvolutionMode convolution_mode(const std::string& name) {
+  if (name == "full") return ConvolutionMode::Full;
+  if (name == "same") return ConvolutionMode::Same;
+  if (name == "valid") return ConvolutionMode::Valid;
+  throw std::invalid_argument("difflsq: convolution mode must be 'full', 'same' or 'valid', got '" +
+                              name + "'");
+}
 
 template <class Scalar>
 py::array_t<Scalar> to_numpy(const Vector<Scalar>& v) {
@@ -130,6 +148,11 @@ void register_layer(py::module_& m, const std::string& suffix) {
       .def_property_readonly("x", [](const Callback& c) { return to_numpy(c.fwd.x); })
       .def_property_readonly("report", [](const Callback& c) { return report_of(c.fwd); });
 
+  using Conv = ConvolutionForward<Scalar>;
+  py::class_<Conv>(m, ("ConvolutionForward_" + suffix).c_str())
+      .def_property_readonly("x", [](const Conv& c) { return to_numpy(c.fwd.x); })
+      .def_property_readonly("report", [](const Conv& c) { return report_of(c.fwd); });
+
   py::class_<Layer>(m, ("Layer_" + suffix).c_str())
       .def(py::init([](const std::string& method, double atol, double btol, double conlim,
                        long long maxiter, std::optional<std::tuple<double, double, double, long long>>
@@ -176,6 +199,25 @@ void register_layer(py::module_& m, const std::string& suffix) {
                c->fwd = layer.forward(c->op, bv, Real(damp));
              }
              return c;
+           })
+      .def("forward_convolution",
+           [](Layer& layer, const PyArray<Scalar>& kernel, Index n, const std::string& mode,
+              PyArray<Scalar> b, double damp) {
+             auto c = std::make_unique<Conv>(as_vector(kernel, "kernel"), n,
+                                             convolution_mode(mode));
+             const auto bv = as_vector(b, "b");
+             {
+               py::gil_scoped_release nogil;
+               c->fwd = layer.forward(c->op, bv, Real(damp));
+             }
+             return c;
+           })
+      .def("backward", [](Layer& layer, Conv& c, const PyArray<Scalar>& xbar) {
+        return backward(layer, c.fwd, xbar);
+      })
+      .def("jvp",
+           [](Layer& layer, Conv& c, Opt kernel_dot, Opt b_dot, double damp_dot) {
+             return jvp(layer, c.fwd, kernel_dot, b_dot, damp_dot);
            })
       .def("backward", [](Layer& layer, Dense& d, const PyArray<Scalar>& xbar) {
         return backward(layer, d.fwd, xbar);

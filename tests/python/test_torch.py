@@ -177,6 +177,92 @@ def test_structured_operator_with_parameter(lam):
         (kernel.detach().requires_grad_(), b.detach().requires_grad_(), d))
 
 
+WINDOW = {"full": lambda p, n: slice(0, n + p - 1), "same": lambda p, n: slice((p - 1) // 2,
+          (p - 1) // 2 + n), "valid": lambda p, n: slice(p - 1, n)}
+
+
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+def test_builtin_convolution_values_match_numpy_convolve(mode):
+    np = pytest.importorskip("numpy")
+    g = torch.Generator().manual_seed(3)
+    for p in (1, 4, 5):
+        v, k = torch.randn(9, dtype=F64, generator=g), torch.randn(p, dtype=F64, generator=g)
+        op = dt.Convolution1d(9, p, mode)
+        ref = np.convolve(v.numpy(), k.numpy(), mode)
+        assert op.shape == (len(ref), 9)
+        assert torch.allclose(op(v, k), torch.from_numpy(ref), rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+@pytest.mark.parametrize("lam", [0.0, 0.1])
+def test_builtin_convolution_runs_in_cpp_with_the_same_values_and_gradients(mode, lam):
+    g = torch.Generator().manual_seed(9)
+    n = 12
+    kernel0 = torch.tensor([1.0, -0.5, 0.25, 0.3], dtype=F64)
+    op = dt.Convolution1d(n, 4, mode)
+    m = op.shape[0]
+    b0, w = torch.randn(m, dtype=F64, generator=g), torch.randn(n, dtype=F64, generator=g)
+    calls = []
+
+    def counting(v, k):  # the same operator as a plain callable: autograd adjoint, Python calls
+        calls.append(1)
+        return op(v, k)
+
+    def run(A, **kw):
+        k, b = kernel0.clone().requires_grad_(), b0.clone().requires_grad_()
+        d = torch.tensor(lam, dtype=F64, requires_grad=True)
+        x = dt.lstsq(A, b, d, params=(k,), **kw, **TIGHT)
+        (x @ w).backward()
+        return x.detach(), k.grad, b.grad, d.grad
+
+    x1, k1, b1, d1 = run(op)
+    assert not calls
+    x2, k2, b2, d2 = run(counting, shape=op.shape)
+    assert calls
+    # Dense reference through torch autograd: the window of the full Toeplitz matrix.
+    kd, bd = kernel0.clone().requires_grad_(), b0.clone().requires_grad_()
+    dd = torch.tensor(lam, dtype=F64, requires_grad=True)
+    full = toeplitz(kd, n)[WINDOW[mode](4, n)]
+    xd = dense_reference(full, bd, dd) if lam > 0 else torch.linalg.pinv(full) @ bd
+    (xd @ w).backward()
+    for got, ref in ((x1, xd.detach()), (k1, kd.grad), (b1, bd.grad), (x2, x1), (k2, k1)):
+        assert torch.allclose(got, ref, rtol=1e-7, atol=1e-10)
+    assert torch.allclose(b2, b1, rtol=1e-7, atol=1e-10)
+    if lam > 0:
+        assert torch.allclose(d1, dd.grad, rtol=1e-7)
+
+
+def test_builtin_convolution_gradcheck_forward_mode_and_float32():
+    g = torch.Generator().manual_seed(10)
+    op = dt.Convolution1d(8, 3, "same")
+    k = torch.tensor([0.9, 0.3, -0.2], dtype=F64, requires_grad=True)
+    b = torch.randn(8, dtype=F64, generator=g, requires_grad=True)
+    d = torch.tensor(0.05, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda k, b, d: dt.lstsq(op, b, d, params=(k,), **TIGHT), (k, b, d),
+        check_forward_ad=True)
+    k32, b32 = k.detach().float(), b.detach().float()
+    x32 = dt.lstsq(op, b32, 0.05, params=(k32,))
+    assert x32.dtype == torch.float32
+    x64 = dt.lstsq(op, b.detach(), 0.05, params=(k.detach(),), **TIGHT)
+    assert torch.allclose(x32.double(), x64, rtol=1e-4, atol=1e-5)
+
+
+def test_builtin_convolution_bad_input():
+    op = dt.Convolution1d(6, 3)
+    b = torch.ones(8, dtype=F64)
+    with pytest.raises(ValueError, match="params=\\(kernel,\\)"):
+        dt.lstsq(op, b)
+    with pytest.raises(ValueError, match="length 3"):
+        dt.lstsq(op, b, params=(torch.ones(4, dtype=F64),))
+    with pytest.raises(ValueError, match="shape"):
+        dt.lstsq(op, b, params=(torch.ones(3, dtype=F64),), shape=(7, 6))
+    with pytest.raises(ValueError, match="mode"):
+        dt.Convolution1d(6, 3, "circular")
+    with pytest.raises(ValueError, match="kernel_size"):
+        dt.Convolution1d(2, 3, "valid")
+
+
 def test_callable_matches_tensor_and_unused_parameters_get_zeros():
     g = torch.Generator().manual_seed(9)
     W = torch.randn(7, 4, dtype=F64, generator=g, requires_grad=True)

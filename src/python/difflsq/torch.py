@@ -4,12 +4,14 @@
 
 solves ``min ||A x - b||^2 + damp^2 ||x||^2`` (minimum-norm where the solution is not unique)
 with LSMR, LSQR or CGLS in C++, and differentiates it by the adjoint method
-(docs/gradients.md): the backward pass is two more least-squares solves (three for an undamped
-rank-deficient A), whatever the number of iterations, and stores no iterate.
+(docs/gradients.md): the backward pass is one more least-squares solve with damping (a tall A,
+or strong damping), two otherwise (three for an undamped rank-deficient A), whatever the number
+of iterations, and stores no iterate.
 
-``A`` is a tensor of shape (m, n) or a callable ``A(v, *params)`` returning A(θ) v for v of
-length n (linear in v), given with ``shape=(m, n)``; its adjoint products come from torch
-autograd, and gradients flow to the tensors in ``params``. Gradients also flow to ``b`` and to
+``A`` is a tensor of shape (m, n), a callable ``A(v, *params)`` returning A(θ) v for v of
+length n (linear in v), given with ``shape=(m, n)`` — its adjoint products come from torch
+autograd, and gradients flow to the tensors in ``params`` — or a built-in
+:class:`Convolution1d` whose kernel is the parameter (products in C++). Gradients also flow to ``b`` and to
 ``damp`` when it is a tensor. CPU tensors, float32 or float64 (kept).
 """
 
@@ -21,7 +23,7 @@ import torch
 
 from . import _core
 
-__all__ = ["lstsq", "SolveError", "SolveWarning", "NullSpaceOptimizer", "project_box",
+__all__ = ["lstsq", "Convolution1d", "SolveError", "SolveWarning", "NullSpaceOptimizer", "project_box",
            "project_nonnegative", "project_simplex", "project_ball"]
 
 #: Raised when a forward or backward solve did not converge (``on_failure="raise"``).
@@ -70,6 +72,10 @@ class _Lstsq(torch.autograd.Function):
             a_np = _numpy(A)
             fwds = [cfg["layer"].forward_dense(a_np, _numpy(B[:, j]), damp_value)
                     for j in range(B.shape[1])]
+        elif isinstance(cfg["op"], Convolution1d):
+            kernel = _numpy(params[0])
+            fwds = [cfg["layer"].forward_convolution(kernel, n, cfg["op"].mode, _numpy(B[:, j]),
+                                                     damp_value) for j in range(B.shape[1])]
         else:
             matvec, rmatvec = _callbacks(cfg["op"], params, m, n, dtype)
             fwds = [cfg["layer"].forward_callback(m, n, matvec, rmatvec, _numpy(B[:, j]),
@@ -99,14 +105,18 @@ class _Lstsq(torch.autograd.Function):
         dtype = grad_x.dtype
         G = grad_x.reshape(n, _ncols(grad_x))
         layer = cfg["layer"]
-        grad_b_cols, grad_damp, terms, abar = [], 0.0, [], None
+        conv = isinstance(cfg["op"], Convolution1d)
+        grad_b_cols, grad_damp, terms, abar, kbar = [], 0.0, [], None, None
         records = cfg["info"].setdefault("backward", [])
         for j, f in enumerate(fwds):
             bbar, dbar, pairs, recs, theta = layer.backward(f, _numpy(G[:, j]))
             records.append(recs)
             grad_b_cols.append(torch.from_numpy(bbar))
             grad_damp += dbar
-            if theta is not None:  # dense A: θ̄ is Ā in row-major order
+            if conv:  # θ̄ is the kernel's gradient
+                t = torch.from_numpy(theta)
+                kbar = t if kbar is None else kbar + t
+            elif theta is not None:  # dense A: θ̄ is Ā in row-major order
                 t = torch.from_numpy(theta).reshape(m, n)
                 abar = t if abar is None else abar + t
             else:
@@ -121,7 +131,9 @@ class _Lstsq(torch.autograd.Function):
         params = [next(tensors) if is_tensor else next(others) for is_tensor in ctx.param_slots]
         grad_params = [None] * len(params)
         want = [i for i, p in enumerate(params) if needs[4 + i]]
-        if want and terms:
+        if conv and want:
+            grad_params = [(torch.zeros_like(params[0]) if kbar is None else kbar.to(dtype))]
+        elif want and terms:
             grad_params = _parameter_gradients(cfg["op"], params, want, terms, dtype)
         return (None, grad_A, grad_b if needs[2] else None, grad_damp_t, *grad_params)
 
@@ -129,7 +141,8 @@ class _Lstsq(torch.autograd.Function):
     def jvp(ctx, cfg_t, A_t, b_t, damp_t, *params_t):
         cfg, fwds = ctx.cfg, ctx.fwds
         m, n = cfg["shape"]
-        if any(t is not None for t in params_t):
+        conv = isinstance(cfg["op"], Convolution1d)
+        if not conv and any(t is not None for t in params_t):
             raise NotImplementedError(
                 "difflsq.torch: forward-mode AD with respect to the params of a callable "
                 "operator is not supported; use reverse mode (backward) for them")
@@ -139,7 +152,10 @@ class _Lstsq(torch.autograd.Function):
         cols = []
         for j, f in enumerate(fwds):
             bt = None if Bt is None else _numpy(Bt[:, j])
-            if A_t is not None:
+            if conv:
+                kt = None if params_t[0] is None else _numpy(params_t[0])
+                xdot, _ = layer.jvp(f, kt, bt, dl)
+            elif A_t is not None:
                 xdot, _ = layer.jvp(f, _numpy(A_t).reshape(-1), bt, dl)
             elif cfg["op"] is None:
                 xdot, _ = layer.jvp(f, None, bt, dl)
@@ -217,15 +233,51 @@ def _parameter_gradients(op, params, want, terms, dtype):
     return out
 
 
+class Convolution1d:
+    """The 1-D convolution ``A(kernel) v = kernel * v`` as an operator for :func:`lstsq`.
+
+    ``lstsq(Convolution1d(n, p, mode), b, damp, params=(kernel,))`` solves with every product
+    in C++ (include/difflsq/convolution.hpp): no Python callback per iteration. Gradients flow
+    to ``kernel`` (a 1-D tensor of length p), to b and to damp; forward mode works along
+    kernel tangents too. ``mode`` is NumPy's: "full" (m = n + p - 1), "same" (m = n) or
+    "valid" (m = n - p + 1). Calling the object, ``conv(v, kernel)``, computes the same product
+    with torch, so it is also an ordinary callable operator.
+    """
+
+    def __init__(self, n, kernel_size, mode="full"):
+        n, p = int(n), int(kernel_size)
+        if mode not in ("full", "same", "valid"):
+            raise ValueError(f"difflsq.torch: mode must be 'full', 'same' or 'valid', got "
+                             f"{mode!r}")
+        if n < 1 or p < 1 or (mode == "valid" and n < p):
+            raise ValueError(f"difflsq.torch: Convolution1d needs n >= 1 and kernel_size >= 1 "
+                             f"(and n >= kernel_size for 'valid'), got n={n}, "
+                             f"kernel_size={p}")
+        self.n, self.kernel_size, self.mode = n, p, mode
+        self._offset, m = {"full": (0, n + p - 1), "same": ((p - 1) // 2, n),
+                           "valid": (p - 1, n - p + 1)}[mode]
+        self.shape = (m, n)
+
+    def __call__(self, v, kernel):
+        p = self.kernel_size
+        full = torch.nn.functional.conv1d(v.reshape(1, 1, -1), kernel.flip(0).reshape(1, 1, -1),
+                                          padding=p - 1).reshape(-1)
+        return full[self._offset:self._offset + self.shape[0]]
+
+    def __repr__(self):
+        return f"Convolution1d(n={self.n}, kernel_size={self.kernel_size}, mode={self.mode!r})"
+
+
 def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, btol=1e-6,
           conlim=1e8, maxiter=None, backward_tol=None, on_failure="raise", return_info=False):
     """Differentiable ``argmin_x ||A x - b||^2 + damp^2 ||x||^2`` (minimum-norm if not unique).
 
     Parameters
     ----------
-    A : Tensor (m, n) or callable
+    A : Tensor (m, n), callable or Convolution1d
         A matrix, or ``A(v, *params)`` computing A(θ)·v for a vector v of length n, linear in v
-        (then ``shape=(m, n)`` is required).
+        (then ``shape=(m, n)`` is required), or a :class:`Convolution1d` with
+        ``params=(kernel,)`` (products in C++).
     b : Tensor (m,) or (m, k)
         Right-hand side(s); k columns are k independent solves.
     damp : float or 0-d Tensor
@@ -246,7 +298,8 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
         istop, itn, r1norm, ...), and after backward ``info["backward"]`` the (role, istop, itn)
         of each backward solve.
 
-    Double backward is not supported (raises). Forward-mode AD works for tensor A, b and damp.
+    Double backward is not supported (raises). Forward-mode AD works for tensor A, b and damp,
+    and for the kernel of a Convolution1d.
     """
     if on_failure not in ("raise", "warn", "ignore"):
         raise ValueError(f"difflsq.torch: on_failure must be 'raise', 'warn' or 'ignore', "
@@ -265,6 +318,20 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
         dtype = A.dtype
         op = None
         _check_device("A", A)
+    elif isinstance(A, Convolution1d):
+        if shape is not None and tuple(shape) != A.shape:
+            raise ValueError(f"difflsq.torch: shape={tuple(shape)} but the convolution has "
+                             f"shape {A.shape}")
+        m, n = A.shape
+        params = tuple(params)
+        if len(params) != 1 or not torch.is_tensor(params[0]) or params[0].dim() != 1 or \
+                params[0].numel() != A.kernel_size:
+            raise ValueError(f"difflsq.torch: a Convolution1d needs params=(kernel,), a 1-D "
+                             f"tensor of length {A.kernel_size}")
+        op = A
+        dtype = params[0].dtype
+        if dtype not in _SUFFIX:
+            raise TypeError(f"difflsq.torch: the kernel must be float32 or float64, got {dtype}")
     elif callable(A):
         if shape is None or len(shape) != 2:
             raise ValueError("difflsq.torch: a callable A needs shape=(m, n)")
