@@ -713,3 +713,25 @@ TEST_CASE("layer: complex<float>") {
   CHECK(rel_c(g.b.cast<cd>(), ref.b) < 1e-3);
   CHECK(std::abs(g.damp - ref.lam) < 1e-3 * (1 + std::abs(ref.lam)));
 }
+
+TEST_CASE("layer: backward solves without an iteration limit get more than min(m, n)") {
+  // An ill-conditioned tall problem (cond 100) whose undamped backward solves (the split of x̄
+  // by Aᵀ, then A⁺) need more iterations than LSMR's default min(m, n) = 250 (measured: about
+  // 420 each). Their limit is max(2 × the forward iterations, min(m, n) for max(m, n)²).
+  const KnownSvdProblem<double> p(1000, 250, spread(250, 100.0), 12u);
+  const Vec xbar = random_vec(250, 13);
+  LeastSquaresOptions<double> o;
+  o.method = Method::Lsmr;
+  o.forward = {.atol = 1e-8, .btol = 1e-8, .conlim = 1e12, .max_iterations = 2000};
+  o.backward = Tolerances<double>{.atol = 1e-8, .btol = 1e-8, .conlim = 1e12};
+  LeastSquares<double> layer(o);
+  auto op = parameterized(p.a);
+  auto fwd = layer.forward(op, p.b, 0.0);
+  CHECK(fwd.report.converged());
+  const auto g = layer.backward(fwd, xbar);
+  Index most = 0;
+  for (const auto& s : g.solves) most = std::max(most, s.report.iterations);
+  CHECK(g.converged());
+  CHECK(most > 250);  // min(m, n) would have stopped it
+  CHECK(rel(g.b, Vec(p.a * (p.a.transpose() * p.a).ldlt().solve(xbar))) < 1e-4);
+}

@@ -22,6 +22,20 @@ inline const char* to_string(Method m) {
   return "unknown method";
 }
 
+/// The iteration limit of `method` on an m × n operator when Options::max_iterations ≤ 0
+/// (SciPy's: 2n for LSQR and CGLS, min(m, n) for LSMR).
+inline Index default_max_iterations(Method method, Index m, Index n) {
+  switch (method) {
+    case Method::Lsqr:
+      return detail::LsqrMethod::default_max_iterations(m, n);
+    case Method::Lsmr:
+      return detail::LsmrMethod::default_max_iterations(m, n);
+    case Method::Cgls:
+      return detail::CglsMethod::default_max_iterations(m, n);
+  }
+  return 0;
+}
+
 /// Runs `method` on A in a reusable workspace (the solution is left in ws.x).
 template <OperatorLike A>
 Report<RealOf<ScalarOf<A>>> solve(Method method, Workspace<ScalarOf<A>>& ws, const A& a,

@@ -289,7 +289,8 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
         Stopping rules of the forward solve (SciPy's meaning; maxiter None: the method's
         default).
     backward_tol : tuple (atol, btol, conlim, maxiter) or None
-        Stopping rules of the backward solves; None: the forward ones.
+        Stopping rules of the backward solves; None: the forward ones. Their maxiter None
+        (or 0): max(2 x the forward iterations, the method's default for max(m, n)).
     on_failure : "raise", "warn" or "ignore"
         What a forward or backward solve that does not converge does: raise
         :class:`SolveError`, issue a :class:`SolveWarning`, or nothing.
