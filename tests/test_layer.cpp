@@ -235,6 +235,46 @@ TEST_CASE("layer: ill-conditioned A with damping, and small damping of a rank-de
   }
 }
 
+TEST_CASE("layer: tiny damping of a rank-deficient tall A at default tolerances") {
+  // y = (AᵀA + λ²I)⁻¹x̄ has a null-space part q/λ² that dominates Ā and ẋ. At λ = 1e-6 the one
+  // undamped solve of (G12) would stop (its test 2) before resolving a singular value λ ≪
+  // atol·‖A‖ and drop that part; the split (G5) finds q by subtraction instead.
+  const KnownSvdProblem<double> p(60, 30, spread(30, 10.0, 3), 61u);
+  const double lam = 1e-6;
+  std::mt19937_64 gen(62);
+  const Vec xbar = test::random_vector<double>(30, gen), db = test::random_vector<double>(60, gen);
+  const Mat da = test::random_matrix<double>(60, 30, gen);
+  const double dl = 0.5;
+  const DenseGradients ref = dense_gradients(p.a, p.b, lam, xbar);
+  // ẋ = (AᵀA + λ²I)⁻¹(Aᵀ(ḃ − Ȧx) + Ȧᵀr − 2λλ̇x) (G8), densely by the augmented QR.
+  const Vec x = dense_solution(p.a, p.b, lam), r = p.b - p.a * x;
+  const Vec g8 = p.a.transpose() * (db - da * x) + da.transpose() * r - 2 * lam * dl * x;
+  Mat aug(90, 30);
+  aug << p.a, lam * Mat::Identity(30, 30);
+  Vec rhs = Vec::Zero(90);
+  rhs.tail(30) = g8 / lam;
+  const Vec xdot = aug.colPivHouseholderQr().solve(rhs);
+  for (Method method : kMethods) {
+    CAPTURE(name(method));
+    LeastSquares<double> layer({.method = method});  // atol = btol = 1e-6
+    auto op = parameterized(p.a);
+    auto fwd = layer.forward(op, p.b, lam);
+    const auto g = layer.backward(fwd, xbar);
+    CHECK(g.converged());
+    CHECK(rel(a_bar(g, 60, 30), ref.a) < 1e-4);
+    // b̄ = A y = U Σ(Σ² + λ²)⁻¹Vᵀx̄ from the known SVD: the dense A y multiplies a y of size
+    // 1/λ² whose null-space part cancels only to rounding.
+    Vec coef = p.v.transpose() * xbar;
+    for (Index i = 0; i < coef.size(); ++i)
+      coef[i] *= p.sigma[i] / (p.sigma[i] * p.sigma[i] + lam * lam);
+    CHECK(rel(g.b, p.u * coef) < 1e-4);
+    const Vec theta_dot = Eigen::Map<const Vec>(da.data(), da.size());
+    const auto t = layer.jvp(fwd, {.theta = theta_dot, .b = db, .damp = dl});
+    CHECK(t.converged());
+    CHECK(test::relative_error(t.x, xdot) < 1e-4);
+  }
+}
+
 TEST_CASE("layer: undamped rank-deficient A, derivative along rank-preserving directions") {
   // x = A⁺b is differentiable along perturbations that keep the rank (A(I + tM), (I + tM)A);
   // the rule adds the Golub–Pereyra term with a third solve.
@@ -373,12 +413,16 @@ TEST_CASE("Convolution: products, adjoint and parameter gradient against its mat
   std::mt19937_64 gen(41);
   const ConvolutionMode modes[] = {ConvolutionMode::Full, ConvolutionMode::Same,
                                    ConvolutionMode::Valid};
-  for (const Index p : {1, 4, 5}) {
+  for (const Index p : {1, 4, 5, 12}) {  // 12 > n: Same keeps n outputs, Valid is refused
     for (const ConvolutionMode mode : modes) {
       CAPTURE(p);
       CAPTURE(int(mode));
       const Index n = 9;
       const DVec<C> k = test::random_vector<C>(p, gen), kd = test::random_vector<C>(p, gen);
+      if (mode == ConvolutionMode::Valid && p > n) {
+        CHECK_THROWS_AS(Convolution<C>(k, n, mode), std::invalid_argument);
+        continue;
+      }
       const Convolution<C> conv(k, n, mode);
       const DMat<C> a = convolution_matrix(k, n, mode);
       REQUIRE(conv.rows() == a.rows());
@@ -413,6 +457,11 @@ TEST_CASE("Convolution: products, adjoint and parameter gradient against its mat
   Vec g = Vec::Zero(2);
   CHECK_THROWS_AS(conv.add_parameter_gradient(Vec::Ones(7), Vec::Ones(5), g),
                   std::invalid_argument);
+  CHECK_THROWS_AS(conv.set_kernel(Vec::Ones(4)), std::invalid_argument);
+  CHECK_THROWS_AS(conv.set_kernel(Vec::Constant(3, INFINITY)), std::invalid_argument);
+  CHECK(conv.kernel() == k3);  // a refused kernel leaves the operator as it was
+  conv.set_kernel(2 * k3);
+  CHECK(conv.kernel() == 2 * k3);
 }
 
 TEST_CASE("layer: a convolution whose kernel is the parameter") {

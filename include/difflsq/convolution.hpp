@@ -6,8 +6,9 @@
 //
 //     f_i = Σ_t k_t x_{i−t},   0 ≤ i < n + p − 1   (terms with i − t outside [0, n) vanish),   (C1)
 //
-// and mode selects a window y_i = f_{i+o}, 0 ≤ i < m, as NumPy's convolve does:
-// Full (o = 0, m = n + p − 1), Same (o = (p − 1)/2, m = n), Valid (o = p − 1, m = n − p + 1).
+// and mode selects a window y_i = f_{i+o}, 0 ≤ i < m, as scipy.signal.convolve(x, k, mode)
+// does: Full (o = 0, m = n + p − 1), Same (o = (p − 1)/2, m = n, also when p > n, where
+// numpy.convolve would return p values), Valid (o = p − 1, m = n − p + 1; needs n ≥ p).
 // Then, writing s = i + o − t for the signal index,
 //
 //     (Aᴴu)_s = Σ_t conj(k_t) u_{s+t−o},   ∇_{k_t} Re⟨u, A(k) v⟩ = Σ_i u_i conj(v_{i+o−t}),    (C2)
@@ -61,6 +62,8 @@ class Convolution {
   const Vector<Scalar>& kernel() const { return k_; }
   void set_kernel(Eigen::Ref<const Vector<Scalar>> kernel) {
     check(kernel.size());
+    if (!kernel.allFinite())
+      throw std::invalid_argument("difflsq::Convolution::set_kernel: the kernel is not finite");
     k_ = kernel;
   }
 

@@ -5,7 +5,8 @@
 //
 // without storing iterates: the derivative rules are least-squares solves of their own
 // (docs/gradients.md derives every formula used below; equation numbers (G…) refer to it):
-// one solve for λ > 0 and a tall A or strong damping (G12), else two (G5, G6).
+// one solve when λ is large enough (G12), else two (G5, G6), three for an undamped
+// rank-deficient A whose residual is not zero (G7).
 //
 //     difflsq::LeastSquares<double> layer({.method = difflsq::Method::Lsmr});
 //     auto A = difflsq::parameterized(M);          // θ = entries of M
@@ -238,7 +239,7 @@ class LeastSquares {
     const Tolerances<Real> tol = backward_tolerances(f);
     Gradients<Scalar> g;
     Vector<Scalar> tmp(n);
-    if (stacked_ok(lam) && (m >= n || strongly_damped(f))) {
+    if (m >= n ? stacked_accurate(f) : strongly_damped(f)) {
       // (G12): one undamped solve, w = [A y; λ y] with y = (AᴴA + λ²I)⁻¹x̄, so b̄ = A y (G3)
       // is w's head and y its tail over λ; no division by λ², no solve with A alone, whose
       // cost and accuracy would depend on cond(A) rather than on the damped problem.
@@ -250,8 +251,8 @@ class LeastSquares {
       g.a_terms.emplace_back(f.r, std::move(y));  // Ā = r yᴴ − b̄ xᴴ (G2)
       g.a_terms.emplace_back(-g.b, f.x);
     } else if (m >= n) {
-      // Tall, λ = 0 (or too small for G12; then λ̄ ≈ 0): split x̄ = Aᴴp + q with q ∈ N(A)
-      // (G5); y = (AᴴA)⁺x̄ = A⁺p.
+      // Tall, λ = 0 or below G12's range (G5): split x̄ = Aᴴp + q with q ∈ N(A); then
+      // y = (AᴴA + λ²I)⁺x̄ = argmin ‖Ay − p‖² + λ²‖y‖² + q/λ², the last term only for λ > 0.
       const Vector<Scalar> p = run("backward: min |A^T p - xbar|", at, xbar, 0, nullptr, tol,
                                    g.solves);
       a.apply_adjoint(p, tmp);
@@ -259,13 +260,15 @@ class LeastSquares {
       const bool null_part = g.solves.back().report.converged() &&
                              above_noise(q.norm(), xbar.norm(), g.solves.back().report.anorm,
                                          p.norm(), tol);
-      Vector<Scalar> y = run("backward: min |Ay - p|", a, p, 0, nullptr, tol, g.solves);
+      Vector<Scalar> y = run("backward: min |Ay - p|^2 + damp^2 |y|^2", a, p, lam, nullptr, tol,
+                             g.solves);
       g.b.resize(m);
-      a.apply(y, g.b);                            // b̄ = A y (G3)
-      g.damp = -2 * lam * std::real(f.x.dot(y));  // (G4)
+      a.apply(y, g.b);                            // b̄ = A y (G3), as A q = 0
+      g.damp = -2 * lam * std::real(f.x.dot(y));  // (G4); q ⟂ x would add only rounding
+      if (null_part && stacked_ok(lam)) y += q / (lam * lam);  // (AᴴA + λ²I)⁻¹q, q ∈ N(A) (G10)
       g.a_terms.emplace_back(f.r, std::move(y));  // Ā = r yᴴ − b̄ xᴴ (G2)
       g.a_terms.emplace_back(-g.b, f.x);
-      if (null_part) g.a_terms.emplace_back(dual(f, g.solves), q);  // (G7)
+      if (null_part && !stacked_ok(lam)) g.a_terms.emplace_back(dual(f, g.solves), q);  // (G7)
     } else {
       // Wide (G6): b̄ = (AAᴴ + λ²I)⁺ A x̄ directly; s = x̄ − Aᴴb̄ = λ²y; Ā = z sᴴ − b̄ xᴴ.
       g.b = run("backward: min |A^T c - xbar|^2 + damp^2 |c|^2", at, xbar, lam, nullptr, tol,
@@ -276,7 +279,7 @@ class LeastSquares {
       g.damp = -2 * lam * std::real(z.dot(g.b));
       g.a_terms.emplace_back(z, std::move(s));
       g.a_terms.emplace_back(-g.b, f.x);
-      if (f.residual_outside_range && lam == 0) {  // (G7)
+      if (f.residual_outside_range && !stacked_ok(lam)) {  // (G7)
         Vector<Scalar> y = run("backward: min |Ay - c|", a, g.b, 0, nullptr, tol, g.solves);
         g.a_terms.emplace_back(f.r, std::move(y));
       }
@@ -321,7 +324,7 @@ class LeastSquares {
     // (G8): (AᴴA + λ²I) ẋ = Aᴴc + w with c = ḃ − Ȧx and w = Ȧᴴr − 2λλ̇x.
     Vector<Scalar> c = t.b ? *t.b : Vector<Scalar>::Zero(m);
     if (t.theta) c -= ad_x;
-    if (stacked_ok(lam) && m >= n) {
+    if (m >= n && stacked_accurate(f)) {
       // Tall (G8, G12): ẋ = (AᴴA + λ²I)⁻¹(Aᴴc + w) with w = Ȧᴴr − 2λλ̇x, one undamped solve.
       Vector<Scalar> rhs(n);
       a.apply_adjoint(c, rhs);
@@ -332,7 +335,28 @@ class LeastSquares {
       out.x = w.tail(n) / lam;
       return out;
     }
-    // Wide, or λ = 0 (G8): with the dual z (x = Aᴴz, r = λ²z),
+    if (m >= n && stacked_ok(lam)) {
+      // Tall, λ below G12's range: split w = Aᴴp + q as in backward (G5), then
+      // ẋ = argmin ‖Ax' − (c + p)‖² + λ²‖x'‖² + q/λ².
+      Vector<Scalar> w = (-2 * lam * dlam) * f.x;
+      if (t.theta) w += ad_r;
+      if (w.squaredNorm() > 0) {
+        const Vector<Scalar> p = run("jvp: min |A^T p - w|", at, w, 0, nullptr, tol, out.solves);
+        Vector<Scalar> q(n);
+        a.apply_adjoint(p, q);
+        q = w - q;
+        const bool null_part = out.solves.back().report.converged() &&
+                               above_noise(q.norm(), w.norm(), out.solves.back().report.anorm,
+                                           p.norm(), tol);
+        c += p;
+        out.x = run("jvp: min |Ax' - c|^2 + damp^2 |x'|^2", a, c, lam, nullptr, tol, out.solves);
+        if (null_part) out.x += q / (lam * lam);  // (G10)
+        return out;
+      }
+      out.x = run("jvp: min |Ax' - c|^2 + damp^2 |x'|^2", a, c, lam, nullptr, tol, out.solves);
+      return out;
+    }
+    // Wide, or λ = 0 (or below what λ² can hold) (G8): with the dual z (x = Aᴴz, r = λ²z),
     // Aᴴc + w = Aᴴ(c − 2λλ̇z) + λ²Ȧᴴz,
     // so ẋ = argmin |Ax' − (c − 2λλ̇z)|² + λ²|x' − Ȧᴴz|²: one solve started at x0 = Ȧᴴz.
     const Vector<Scalar>& z = dual(f, out.solves);
@@ -344,7 +368,7 @@ class LeastSquares {
         a.apply_derivative_adjoint(*t.theta, z, *x0);
       }
     }
-    if (lam == 0 && f.residual_outside_range && t.theta) {
+    if (!stacked_ok(lam) && f.residual_outside_range && t.theta) {
       // λ = 0 with r ∉ range(A): the (AᴴA)⁺Ȧᴴr term needs its own solve (G7).
       c += run("jvp: min |A^T p - A'^T r|", at, ad_r, 0, nullptr, tol, out.solves);
     }
@@ -388,16 +412,30 @@ class LeastSquares {
     return norm > std::max(tol.btol, eps) * rhs_norm + std::max(tol.atol, eps) * anorm * sol_norm;
   }
 
+  /// The largest relative tolerance of the forward and backward solves (at least ε).
+  template <LinearOperator Op>
+  Real solve_tolerance(const Forward<Op>& f) const {
+    const auto t = backward_tolerances(f);
+    constexpr Real eps = std::numeric_limits<Real>::epsilon();
+    return std::max({t.atol, t.btol, opts_.forward.atol, opts_.forward.btol, eps});
+  }
+
   /// Whether λ is large enough to take z = r/λ² (G11): its relative error is about
   /// tol·‖A‖²/λ², which this keeps below √tol (‖A‖ by the forward solve's estimate of
   /// ‖[A; λI]‖_F, an upper bound).
   template <LinearOperator Op>
   bool strongly_damped(const Forward<Op>& f) const {
-    const auto t = backward_tolerances(f);
-    constexpr Real eps = std::numeric_limits<Real>::epsilon();
-    const Real tol = std::max({t.atol, t.btol, opts_.forward.atol, opts_.forward.btol, eps});
     const Real anorm = f.report.anorm;
-    return f.damp > 0 && f.damp * f.damp >= std::sqrt(tol) * anorm * anorm;
+    return stacked_ok(f.damp) && f.damp * f.damp >= std::sqrt(solve_tolerance(f)) * anorm * anorm;
+  }
+
+  /// Whether the one solve of (G12) resolves y's components along singular values near λ,
+  /// such as y's null-space part q/λ² for a rank-deficient A: its stopping tests leave them a
+  /// relative error of about tol·‖A‖/λ, which this keeps below √tol. Below, the split (G5)
+  /// finds q by subtraction and divides it by λ² exactly.
+  template <LinearOperator Op>
+  bool stacked_accurate(const Forward<Op>& f) const {
+    return stacked_ok(f.damp) && f.damp >= std::sqrt(solve_tolerance(f)) * f.report.anorm;
   }
 
   /// The dual solution z = (AAᵀ + λ²I)⁺b: r/λ² under strong damping (G11), else (G9) z_R =

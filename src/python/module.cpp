@@ -8,6 +8,7 @@ void register_f64(py::module_& m);
 void register_c64(py::module_& m);
 void register_c128(py::module_& m);
 void register_layers(py::module_& m);
+void register_complex_layers(py::module_& m);
 }  // namespace difflsq::python
 
 PYBIND11_MODULE(_core, m) {
@@ -26,4 +27,5 @@ PYBIND11_MODULE(_core, m) {
   difflsq::python::register_c64(m);
   difflsq::python::register_c128(m);
   difflsq::python::register_layers(m);
+  difflsq::python::register_complex_layers(m);
 }

@@ -12,10 +12,11 @@ TIGHT = dict(atol=1e-13, btol=1e-13, conlim=0, maxiter=5000)
 
 
 def dense_reference(A, b, damp):
-    """argmin |Ax - b|^2 + damp^2 |x|^2 (minimum-norm), differentiable by torch autograd."""
+    """argmin |Ax - b|^2 + damp^2 |x|^2 (minimum-norm), differentiable by torch autograd; real
+    or complex."""
     n = A.shape[1]
     if float(damp) > 0:
-        return torch.linalg.solve(A.T @ A + damp ** 2 * torch.eye(n, dtype=A.dtype), A.T @ b)
+        return torch.linalg.solve(A.mH @ A + damp ** 2 * torch.eye(n, dtype=A.dtype), A.mH @ b)
     return torch.linalg.pinv(A) @ b
 
 
@@ -182,15 +183,41 @@ WINDOW = {"full": lambda p, n: slice(0, n + p - 1), "same": lambda p, n: slice((
 
 
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])
-def test_builtin_convolution_values_match_numpy_convolve(mode):
-    np = pytest.importorskip("numpy")
+def test_builtin_convolution_values_match_scipy_signal_convolve(mode):
+    signal = pytest.importorskip("scipy.signal")
     g = torch.Generator().manual_seed(3)
-    for p in (1, 4, 5):
+    for p in (1, 4, 5, 12, 13):  # 12, 13 > n: "same" keeps n values (numpy.convolve: p)
+        if mode == "valid" and p > 9:
+            continue
         v, k = torch.randn(9, dtype=F64, generator=g), torch.randn(p, dtype=F64, generator=g)
         op = dt.Convolution1d(9, p, mode)
-        ref = np.convolve(v.numpy(), k.numpy(), mode)
+        ref = torch.from_numpy(signal.convolve(v.numpy(), k.numpy(), mode, method="direct"))
         assert op.shape == (len(ref), 9)
-        assert torch.allclose(op(v, k), torch.from_numpy(ref), rtol=1e-13, atol=1e-14)
+        assert torch.allclose(op(v, k), ref, rtol=1e-13, atol=1e-14)
+        # The C++ operator (through a solve's residual): x = A⁺b for b = A v with A of full
+        # column rank is v, whose residual is zero, so the C++ products must be these too.
+        if op.shape[0] >= 9:
+            x = dt.lstsq(op, ref, params=(k,), **TIGHT)
+            assert torch.allclose(op(x, k), ref, rtol=1e-8, atol=1e-10)
+
+
+def test_builtin_convolution_several_right_hand_sides():
+    g = torch.Generator().manual_seed(12)
+    op = dt.Convolution1d(10, 4, "full")
+    k0 = torch.tensor([1.0, 0.4, -0.3, 0.1], dtype=F64)
+    B0 = torch.randn(13, 3, dtype=F64, generator=g)
+    W = torch.randn(10, 3, dtype=F64, generator=g)
+    k, B = k0.clone().requires_grad_(), B0.clone().requires_grad_()
+    X = dt.lstsq(op, B, 0.2, params=(k,), **TIGHT)
+    assert X.shape == (10, 3)
+    (X * W).sum().backward()
+    # Column by column, each a separate solve.
+    kc = k0.clone().requires_grad_()
+    cols = [dt.lstsq(op, B0[:, j].clone().requires_grad_(), 0.2, params=(kc,), **TIGHT)
+            for j in range(3)]
+    assert torch.allclose(X.detach(), torch.stack(cols, 1).detach(), rtol=1e-10, atol=1e-12)
+    sum(c @ W[:, j] for j, c in enumerate(cols)).backward()
+    assert torch.allclose(k.grad, kc.grad, rtol=1e-8, atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])
@@ -261,6 +288,67 @@ def test_builtin_convolution_bad_input():
         dt.Convolution1d(6, 3, "circular")
     with pytest.raises(ValueError, match="kernel_size"):
         dt.Convolution1d(2, 3, "valid")
+    with pytest.raises(TypeError, match="that of the kernel"):
+        dt.lstsq(op, b.float(), params=(torch.ones(3, dtype=F64),))
+
+
+C128 = torch.complex128
+
+
+@pytest.mark.parametrize("m,n,lam", [(9, 5, 0.0), (9, 5, 0.3), (5, 9, 0.0), (5, 9, 0.3)])
+@pytest.mark.parametrize("kind", ["tensor", "callable"])
+def test_complex_values_and_gradients_match_dense_reference(m, n, lam, kind):
+    g = torch.Generator().manual_seed(21)
+    A0, b0 = torch.randn(m, n, dtype=C128, generator=g), torch.randn(m, dtype=C128, generator=g)
+    w = torch.randn(n, dtype=C128, generator=g)
+
+    def run(solve):
+        A, b = A0.clone().requires_grad_(), b0.clone().requires_grad_()
+        d = torch.tensor(lam, dtype=F64, requires_grad=True)
+        x = solve(A, b, d)
+        torch.vdot(w, x).real.backward()  # a real loss of a complex x
+        return x.detach(), A.grad, b.grad, d.grad
+
+    if kind == "tensor":
+        got = run(lambda A, b, d: dt.lstsq(A, b, d, **TIGHT))
+    else:
+        got = run(lambda A, b, d: dt.lstsq(lambda v, M: M @ v, b, d, params=(A,), shape=(m, n),
+                                           **TIGHT))
+    ref = run(lambda A, b, d: dense_reference(A, b, d))
+    assert got[0].dtype == C128
+    for a, r in zip(got[:3], ref[:3]):
+        assert torch.allclose(a, r, rtol=1e-8, atol=1e-10)
+    if lam > 0:
+        assert torch.allclose(got[3], ref[3], rtol=1e-8)
+
+
+def test_complex_gradcheck_convolution_and_complex64():
+    g = torch.Generator().manual_seed(22)
+    A = torch.randn(6, 4, dtype=C128, generator=g, requires_grad=True)
+    b = torch.randn(6, dtype=C128, generator=g, requires_grad=True)
+    d = torch.tensor(0.2, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda A, b, d: dt.lstsq(A, b, d, **TIGHT), (A, b, d),
+                                    check_forward_ad=True)
+    # The built-in convolution with a complex kernel against its dense matrix.
+    op = dt.Convolution1d(10, 3, "same")
+    k0 = torch.randn(3, dtype=C128, generator=g)
+    b0, w = torch.randn(10, dtype=C128, generator=g), torch.randn(10, dtype=C128, generator=g)
+    k1, k2 = k0.clone().requires_grad_(), k0.clone().requires_grad_()
+    torch.vdot(w, dt.lstsq(op, b0, 0.1, params=(k1,), **TIGHT)).real.backward()
+    dense = toeplitz(k2, 10)[WINDOW["same"](3, 10)]
+    torch.vdot(w, dense_reference(dense, b0, 0.1)).real.backward()
+    assert torch.allclose(k1.grad, k2.grad, rtol=1e-8, atol=1e-10)
+    # complex64 stays complex64; damp's gradient is real.
+    A32 = A.detach().to(torch.complex64).requires_grad_()
+    d32 = torch.tensor(0.2, requires_grad=True)
+    x32 = dt.lstsq(A32, b.detach().to(torch.complex64), d32)
+    x32.abs().sum().backward()
+    assert x32.dtype == torch.complex64 and A32.grad.dtype == torch.complex64
+    assert d32.grad.dtype == torch.float32
+    x64 = dt.lstsq(A.detach(), b.detach(), 0.2, **TIGHT)
+    assert torch.allclose(x32.to(C128), x64, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="real"):
+        dt.lstsq(A.detach(), b.detach(), torch.tensor(0.1 + 0j))
 
 
 def test_callable_matches_tensor_and_unused_parameters_get_zeros():

@@ -12,7 +12,8 @@ of iterations, and stores no iterate.
 length n (linear in v), given with ``shape=(m, n)`` — its adjoint products come from torch
 autograd, and gradients flow to the tensors in ``params`` — or a built-in
 :class:`Convolution1d` whose kernel is the parameter (products in C++). Gradients also flow to ``b`` and to
-``damp`` when it is a tensor. CPU tensors, float32 or float64 (kept).
+``damp`` when it is a tensor. CPU tensors, float32, float64, complex64 or complex128 (kept;
+damp stays real; complex gradients in PyTorch's convention, dL/dRe z + i dL/dIm z).
 """
 
 import math
@@ -34,7 +35,14 @@ class SolveWarning(RuntimeWarning):
     """Issued when a solve did not converge and ``on_failure="warn"``."""
 
 
-_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64", torch.complex64: "c64",
+           torch.complex128: "c128"}
+_DTYPES = "float32, float64, complex64 or complex128"
+
+
+def _real(dtype):
+    """The real dtype of the same precision (damp and its gradient are real)."""
+    return {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(dtype, dtype)
 
 
 def _check_device(name, t):
@@ -44,7 +52,7 @@ def _check_device(name, t):
 
 
 def _numpy(t):
-    return t.detach().contiguous().numpy()
+    return t.detach().resolve_conj().contiguous().numpy()
 
 
 def _ncols(t):
@@ -126,7 +134,7 @@ class _Lstsq(torch.autograd.Function):
             abar = torch.zeros(m, n, dtype=dtype)
         grad_A = abar.to(dtype) if needs[1] else None
         grad_b = _stack(grad_b_cols, m).reshape((m,) + tuple(grad_x.shape[1:])).to(dtype)
-        grad_damp_t = torch.tensor(grad_damp, dtype=dtype) if needs[3] else None
+        grad_damp_t = torch.tensor(grad_damp, dtype=_real(dtype)) if needs[3] else None
         tensors, others = iter(ctx.saved_tensors[1:]), iter(ctx.other_params)
         params = [next(tensors) if is_tensor else next(others) for is_tensor in ctx.param_slots]
         grad_params = [None] * len(params)
@@ -225,7 +233,7 @@ def _parameter_gradients(op, params, want, terms, dtype):
         total = 0
         for u, v in terms:
             y = op(torch.from_numpy(v).to(dtype), *leaves).reshape(-1)
-            total = total + torch.dot(torch.from_numpy(u).to(y.dtype), y)
+            total = total + torch.vdot(torch.from_numpy(u).to(y.dtype), y).real  # Re⟨u, A v⟩
         grads = torch.autograd.grad(total, [leaves[i] for i in want], allow_unused=True)
     out = [None] * len(params)
     for i, g in zip(want, grads):
@@ -239,9 +247,10 @@ class Convolution1d:
     ``lstsq(Convolution1d(n, p, mode), b, damp, params=(kernel,))`` solves with every product
     in C++ (include/difflsq/convolution.hpp): no Python callback per iteration. Gradients flow
     to ``kernel`` (a 1-D tensor of length p), to b and to damp; forward mode works along
-    kernel tangents too. ``mode`` is NumPy's: "full" (m = n + p - 1), "same" (m = n) or
-    "valid" (m = n - p + 1). Calling the object, ``conv(v, kernel)``, computes the same product
-    with torch, so it is also an ordinary callable operator.
+    kernel tangents too. ``mode`` is that of ``scipy.signal.convolve(v, kernel, mode)``: "full"
+    (m = n + p - 1), "same" (m = n, also for p > n, where ``numpy.convolve`` gives p values) or
+    "valid" (m = n - p + 1, needs n >= p). Calling the object, ``conv(v, kernel)``, computes
+    the same product with torch, so it is also an ordinary callable operator.
     """
 
     def __init__(self, n, kernel_size, mode="full"):
@@ -315,8 +324,9 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
                              f"{tuple(A.shape)}")
         m, n = A.shape
         if A.dtype not in _SUFFIX:
-            raise TypeError(f"difflsq.torch: A must be float32 or float64, got {A.dtype}")
+            raise TypeError(f"difflsq.torch: A must be {_DTYPES}, got {A.dtype}")
         dtype = A.dtype
+        source = "A"
         op = None
         _check_device("A", A)
     elif isinstance(A, Convolution1d):
@@ -331,14 +341,16 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
                              f"tensor of length {A.kernel_size}")
         op = A
         dtype = params[0].dtype
+        source = "the kernel"
         if dtype not in _SUFFIX:
-            raise TypeError(f"difflsq.torch: the kernel must be float32 or float64, got {dtype}")
+            raise TypeError(f"difflsq.torch: the kernel must be {_DTYPES}, got {dtype}")
     elif callable(A):
         if shape is None or len(shape) != 2:
             raise ValueError("difflsq.torch: a callable A needs shape=(m, n)")
         m, n = (int(s) for s in shape)
         op = A
         dtype = None
+        source = "the default dtype; b's is not supported"
     else:
         raise TypeError(f"difflsq.torch: A must be a tensor or a callable, got {type(A).__name__}")
     if not torch.is_tensor(b):
@@ -348,7 +360,8 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
         dtype = b.dtype if b.dtype in _SUFFIX else torch.get_default_dtype()
     if b.dtype != dtype:
         if b.is_floating_point() or b.is_complex():
-            raise TypeError(f"difflsq.torch: b has dtype {b.dtype} but A has {dtype}")
+            raise TypeError(f"difflsq.torch: b has dtype {b.dtype}, expected {dtype} "
+                            f"(that of {source})")
         b = b.to(dtype)
     if b.dim() not in (1, 2) or b.shape[0] != m:
         raise ValueError(f"difflsq.torch: b must have shape ({m},) or ({m}, k), got "
@@ -357,9 +370,11 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
         _check_device("damp", damp)
         if damp.numel() != 1:
             raise ValueError(f"difflsq.torch: damp must be a scalar, got shape {tuple(damp.shape)}")
+        if damp.is_complex():
+            raise ValueError("difflsq.torch: damp must be real")
         damp_t = damp.reshape(())
     else:
-        damp_t = torch.tensor(float(damp), dtype=dtype)
+        damp_t = torch.tensor(float(damp), dtype=_real(dtype))
     if not math.isfinite(float(damp_t)) or float(damp_t) < 0:
         raise ValueError(f"difflsq.torch: damp must be finite and >= 0, got {float(damp_t)}")
     params = tuple(params)

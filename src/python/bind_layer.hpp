@@ -1,8 +1,12 @@
-// Python bindings of the differentiable layer (layer.hpp) for float and double: the forward
+// Python bindings of the differentiable layer (layer.hpp) for one scalar type: the forward
 // pass on a dense C-contiguous matrix, on callbacks or on a built-in 1-D convolution whose
 // kernel is the parameter (convolution.hpp), the reverse rule and (dense, convolution) the
 // forward rule. difflsq/torch.py turns these into a torch.autograd.Function; the parameter products
 // of a callable operator are done there, with torch autograd, from the Ā = Σ u vᵀ terms.
+// bind_layer_real.cpp and bind_layer_complex.cpp instantiate them (two translation units that
+// compile in parallel).
+#pragma once
+
 #include <memory>
 
 #include "bindings.hpp"
@@ -235,12 +239,4 @@ void register_layer(py::module_& m, const std::string& suffix) {
 }
 
 }  // namespace
-
-void register_layers(py::module_& m) {
-  // Raised for a solve that did not converge (policy 'raise'); the message names the solve.
-  py::register_exception<SolveError>(m, "SolveError", PyExc_RuntimeError);
-  register_layer<float>(m, "f32");
-  register_layer<double>(m, "f64");
-}
-
 }  // namespace difflsq::python
