@@ -1,19 +1,32 @@
-// difflsq — the least-squares layer as a LibTorch autograd Function, for C++ code that trains
+// difflsq — the least-squares layer as LibTorch autograd Functions, for C++ code that trains
 // with LibTorch (the Python package has the same layer as difflsq.torch.lstsq).
 //
 //     #include <difflsq/torch.hpp>
 //     torch::Tensor x = difflsq::lstsq(A, b, damp);   // A (m, n), b (m) or (m, k), damp 0-d
 //     loss(x).backward();                              // gradients reach A, b and damp
 //
-// The forward pass runs the solver on the tensor's memory (no copy for a contiguous A); the
-// backward pass is the adjoint rule of layer.hpp (docs/gradients.md). CPU tensors, float32 or
-// float64 (kept). Not part of difflsq.hpp: link LibTorch (find_package(Torch)) to use it.
+//     // A matrix-free A(θ): fn(v, params) computes A(θ)·v with torch operations, linear in v.
+//     auto conv = [](const torch::Tensor& v, const std::vector<torch::Tensor>& p) { ... };
+//     torch::Tensor x = difflsq::lstsq(conv, {m, n}, b, damp, {kernel});  // gradients reach kernel
+//
+// For a tensor A the forward pass runs the solver on the tensor's memory (no copy for a
+// contiguous A). For a callable, A·v calls fn without autograd and Aᴴ·u is a vector–Jacobian
+// product through one recorded application of fn; θ̄ is one autograd pass over Σ Re⟨u, A(θ)v⟩
+// for the rank-one terms Σ u vᴴ of Ā. The backward pass is the adjoint rule of layer.hpp
+// (docs/gradients.md). CPU tensors, float32, float64, complex64 or complex128 (kept; damp is
+// real, of the same precision). Not part of difflsq.hpp: link LibTorch (find_package(Torch)).
 #pragma once
 
 #include <torch/torch.h>
 
+#include <array>
+#include <complex>
+#include <cstring>
+#include <functional>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "layer.hpp"
@@ -28,11 +41,66 @@ struct TorchLstsqOptions {
   FailurePolicy on_failure = FailurePolicy::Raise;
 };
 
+/// A matrix-free operator for lstsq(): fn(v, params) = A(params)·v for v of length n, linear
+/// in v, returning m values (any shape). It must not modify v.
+using TorchOperator =
+    std::function<torch::Tensor(const torch::Tensor& v, const std::vector<torch::Tensor>& params)>;
+
 namespace detail {
 
 template <class Scalar>
 using TensorMap =
     Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+
+template <class Scalar>
+constexpr torch::ScalarType torch_dtype() {
+  if constexpr (std::is_same_v<Scalar, float>) return torch::kFloat;
+  else if constexpr (std::is_same_v<Scalar, double>) return torch::kDouble;
+  else if constexpr (std::is_same_v<Scalar, std::complex<float>>) return torch::kComplexFloat;
+  else return torch::kComplexDouble;
+}
+
+/// A tensor's memory as Scalar* (c10::complex<T> and std::complex<T> share their layout).
+template <class Scalar>
+Scalar* data(const torch::Tensor& t) {
+  if constexpr (Eigen::NumTraits<Scalar>::IsComplex)
+    return reinterpret_cast<Scalar*>(t.data_ptr<c10::complex<RealOf<Scalar>>>());
+  else
+    return t.data_ptr<Scalar>();
+}
+
+/// f(Scalar{}) for the tensor dtype t.
+template <class F>
+decltype(auto) dispatch(torch::ScalarType t, F&& f) {
+  switch (t) {
+    case torch::kFloat: return f(float{});
+    case torch::kDouble: return f(double{});
+    case torch::kComplexFloat: return f(std::complex<float>{});
+    case torch::kComplexDouble: return f(std::complex<double>{});
+    default:
+      throw std::invalid_argument(std::string("difflsq::lstsq: dtype ") + c10::toString(t) +
+                                  " is not float32, float64, complex64 or complex128");
+  }
+}
+
+/// A copy of v as a 1-D tensor.
+template <class Scalar>
+torch::Tensor to_tensor(Eigen::Ref<const Vector<Scalar>> v) {
+  auto t = torch::empty({v.size()}, torch::TensorOptions().dtype(torch_dtype<Scalar>()));
+  if (v.size() > 0) std::memcpy(data<Scalar>(t), v.data(), sizeof(Scalar) * std::size_t(v.size()));
+  return t;
+}
+
+/// The columns side by side as an (rows, k) tensor.
+template <class Scalar>
+torch::Tensor from_columns(const std::vector<Vector<Scalar>>& cols, Index rows) {
+  const Index k = Index(cols.size());
+  auto out = torch::empty({rows, k}, torch::TensorOptions().dtype(torch_dtype<Scalar>()));
+  Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> map(
+      data<Scalar>(out), rows, k);
+  for (Index j = 0; j < k; ++j) map.col(j) = cols[std::size_t(j)];
+  return out;
+}
 
 template <class Scalar>
 LeastSquaresOptions<Scalar> layer_options(const TorchLstsqOptions& o) {
@@ -48,16 +116,130 @@ LeastSquaresOptions<Scalar> layer_options(const TorchLstsqOptions& o) {
   return out;
 }
 
-inline void check_tensor(const torch::Tensor& t, const char* name) {
-  if (!t.defined()) throw std::invalid_argument(std::string("difflsq::lstsq: ") + name + " is undefined");
+inline void check_tensor(const torch::Tensor& t, const std::string& name) {
+  if (!t.defined()) throw std::invalid_argument("difflsq::lstsq: " + name + " is undefined");
   if (t.device().type() != torch::kCPU)
-    throw std::invalid_argument(std::string("difflsq::lstsq: ") + name + " is on device " +
+    throw std::invalid_argument("difflsq::lstsq: " + name + " is on device " +
                                 t.device().str() + "; this build runs on the CPU only");
 }
 
+/// b of shape (m) or (m, k) and a real 0-d damp of the precision of dtype.
+inline void check_b_and_damp(const torch::Tensor& b, const torch::Tensor& damp, int64_t m,
+                             torch::ScalarType dtype) {
+  check_tensor(b, "b");
+  check_tensor(damp, "damp");
+  if (b.scalar_type() != dtype)
+    throw std::invalid_argument(std::string("difflsq::lstsq: b has dtype ") +
+                                c10::toString(b.scalar_type()) + ", expected " +
+                                c10::toString(dtype));
+  if (damp.scalar_type() != c10::toRealValueType(dtype))
+    throw std::invalid_argument(std::string("difflsq::lstsq: damp must be real, of dtype ") +
+                                c10::toString(c10::toRealValueType(dtype)));
+  if ((b.dim() != 1 && b.dim() != 2) || b.size(0) != m)
+    throw std::invalid_argument("difflsq::lstsq: b must have shape (" + std::to_string(m) +
+                                ") or (" + std::to_string(m) + ", k)");
+  if (damp.numel() != 1) throw std::invalid_argument("difflsq::lstsq: damp must be a scalar");
+}
+
+inline void no_double_backward() {
+  // The rules run on raw memory: their results are not differentiable again.
+  if (torch::GradMode::is_enabled())
+    throw std::runtime_error(
+        "difflsq::lstsq does not support double backward (create_graph = true)");
+}
+
+/// A TorchOperator as a LinearOperator (operator.hpp). Aᴴu is the vector–Jacobian product of
+/// v ↦ fn(v, θ) at v = 0, recorded once (valid for every u as fn is linear in v).
+template <class Scalar_>
+class TorchCallable {
+ public:
+  using Scalar = Scalar_;
+  TorchCallable(TorchOperator fn, Index m, Index n, std::vector<torch::Tensor> params)
+      : fn_(std::move(fn)), m_(m), n_(n), params_(std::move(params)) {
+    for (auto& p : params_) p = p.detach();
+    torch::AutoGradMode on(true);
+    v0_ = torch::zeros({n_}, torch::TensorOptions().dtype(torch_dtype<Scalar>()))
+              .requires_grad_(true);
+    out0_ = call(v0_, params_);
+  }
+  Index rows() const { return m_; }
+  Index cols() const { return n_; }
+  void apply(Eigen::Ref<const Vector<Scalar>> x, Eigen::Ref<Vector<Scalar>> y) const {
+    torch::NoGradGuard off;
+    const auto out = call(to_tensor<Scalar>(x), params_);
+    y = Eigen::Map<const Vector<Scalar>>(data<Scalar>(out), m_);
+  }
+  void apply_adjoint(Eigen::Ref<const Vector<Scalar>> u, Eigen::Ref<Vector<Scalar>> v) const {
+    if (!out0_.requires_grad()) {  // fn does not depend on v: A = 0
+      v.setZero();
+      return;
+    }
+    torch::AutoGradMode on(true);
+    const auto g = torch::autograd::grad({out0_}, {v0_}, {to_tensor<Scalar>(u)},
+                                         /*retain_graph=*/true, /*create_graph=*/false,
+                                         /*allow_unused=*/true)[0];
+    if (g.defined()) v = Eigen::Map<const Vector<Scalar>>(data<Scalar>(g.contiguous()), n_);
+    else v.setZero();
+  }
+  /// θ̄_i = ∇_{θ_i} Σ Re⟨u, A(θ) v⟩ over the terms of Ā (undefined where not wanted).
+  std::vector<torch::Tensor> parameter_gradients(
+      const std::vector<std::pair<Vector<Scalar>, Vector<Scalar>>>& terms,
+      const std::vector<bool>& wanted) const {
+    torch::AutoGradMode on(true);
+    std::vector<torch::Tensor> leaves, targets;
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      leaves.push_back(params_[i].detach().requires_grad_(wanted[i]));
+      if (wanted[i]) targets.push_back(leaves.back());
+    }
+    std::vector<torch::Tensor> out(params_.size());
+    if (targets.empty()) return out;
+    torch::Tensor total =
+        torch::zeros({}, torch::TensorOptions().dtype(c10::toRealValueType(torch_dtype<Scalar>())));
+    for (const auto& [u, v] : terms)
+      total = total + torch::real(torch::vdot(to_tensor<Scalar>(u), call(to_tensor<Scalar>(v), leaves)));
+    const auto grads = total.requires_grad()
+                           ? torch::autograd::grad({total}, targets, {}, false, false, true)
+                           : std::vector<torch::Tensor>(targets.size());
+    for (std::size_t i = 0, t = 0; i < params_.size(); ++i)
+      if (wanted[i]) {
+        out[i] = grads[t].defined() ? grads[t] : torch::zeros_like(params_[i]);
+        ++t;
+      }
+    return out;
+  }
+
+ private:
+  TorchOperator fn_;
+  Index m_, n_;
+  std::vector<torch::Tensor> params_;
+  torch::Tensor v0_, out0_;
+
+  torch::Tensor call(const torch::Tensor& v, const std::vector<torch::Tensor>& params) const {
+    const auto y = fn_(v, params);
+    if (!y.defined() || y.numel() != m_ || y.scalar_type() != torch_dtype<Scalar>() ||
+        y.device().type() != torch::kCPU)
+      throw std::invalid_argument("difflsq::lstsq: the operator must return " +
+                                  std::to_string(m_) + " values of dtype " +
+                                  c10::toString(torch_dtype<Scalar>()) + " on the CPU");
+    return y.reshape({m_}).contiguous();
+  }
+};
+
+/// What the callable Function keeps between its forward and backward passes: the operator and
+/// the forward contexts of the columns of b (x, r and, once computed, the dual solution).
+struct CallableStateBase : torch::CustomClassHolder {};
+template <class Scalar>
+struct CallableState : CallableStateBase {
+  TorchCallable<Scalar> op;
+  LeastSquares<Scalar> layer;
+  std::vector<Forward<TorchCallable<Scalar>>> columns;
+  CallableState(TorchCallable<Scalar> o, const TorchLstsqOptions& opts)
+      : op(std::move(o)), layer(layer_options<Scalar>(opts)) {}
+};
+
 }  // namespace detail
 
-/// The autograd Function behind difflsq::lstsq.
+/// The autograd Function behind difflsq::lstsq for a tensor A.
 class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& a,
@@ -66,10 +248,9 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
     const auto ac = a.contiguous();
     const auto b2 = b.reshape({a.size(0), -1}).contiguous();
     torch::Tensor x, r, status, anorm;
-    if (a.scalar_type() == torch::kFloat)
-      run_forward<float>(ac, b2, damp, options, x, r, status, anorm);
-    else
-      run_forward<double>(ac, b2, damp, options, x, r, status, anorm);
+    detail::dispatch(a.scalar_type(), [&](auto s) {
+      run_forward<decltype(s)>(ac, b2, damp, options, x, r, status, anorm);
+    });
     ctx->save_for_backward({ac, b2, x, r, damp});
     ctx->saved_data["status"] = status;
     ctx->saved_data["anorm"] = anorm;
@@ -86,18 +267,14 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    // The rule runs on raw memory: its result is not differentiable again.
-    if (torch::GradMode::is_enabled())
-      throw std::runtime_error(
-          "difflsq::lstsq does not support double backward (create_graph = true)");
+    detail::no_double_backward();
     const auto saved = ctx->get_saved_variables();
     const auto& a = saved[0];
     const auto xbar = grads[0].reshape({a.size(1), -1}).contiguous();
     torch::Tensor abar, bbar, dbar;
-    if (a.scalar_type() == torch::kFloat)
-      run_backward<float>(ctx, saved, xbar, abar, bbar, dbar);
-    else
-      run_backward<double>(ctx, saved, xbar, abar, bbar, dbar);
+    detail::dispatch(a.scalar_type(), [&](auto s) {
+      run_backward<decltype(s)>(ctx, saved, xbar, abar, bbar, dbar);
+    });
     if (grads[0].dim() == 1) bbar = bbar.reshape({a.size(0)});
     return {abar, bbar, dbar, torch::Tensor()};
   }
@@ -121,26 +298,24 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
                           const TorchLstsqOptions& options, torch::Tensor& x, torch::Tensor& r,
                           torch::Tensor& status, torch::Tensor& anorm) {
     const Index m = a.size(0), n = a.size(1), k = b.size(1);
-    const detail::TensorMap<Scalar> map(a.data_ptr<Scalar>(), m, n);
+    const detail::TensorMap<Scalar> map(detail::data<Scalar>(a), m, n);
     const auto op = parameterized(map);
     LeastSquares<Scalar> layer(detail::layer_options<Scalar>(options));
     const auto lam = static_cast<RealOf<Scalar>>(damp.item<double>());
-    x = torch::empty({n, k}, a.options());
-    r = torch::empty({m, k}, a.options());
     status = torch::empty({k}, torch::kLong);
     anorm = torch::empty({k}, torch::kDouble);
     const auto bt = b.t().contiguous();  // column j of b is row j of bᵀ
     std::vector<Vector<Scalar>> xs(k), rs(k);
     for (Index j = 0; j < k; ++j) {
-      const Eigen::Map<const Vector<Scalar>> bj(bt.data_ptr<Scalar>() + j * m, m);
+      const Eigen::Map<const Vector<Scalar>> bj(detail::data<Scalar>(bt) + j * m, m);
       auto f = layer.forward(op, bj, lam);
       xs[j] = std::move(f.x);
       rs[j] = std::move(f.r);
       status[j] = static_cast<int64_t>(f.report.status);
       anorm[j] = static_cast<double>(f.report.anorm);
     }
-    copy_columns(xs, x);
-    copy_columns(rs, r);
+    x = detail::from_columns(xs, n);
+    r = detail::from_columns(rs, m);
   }
 
   template <class Scalar>
@@ -149,7 +324,7 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
                            torch::Tensor& abar, torch::Tensor& bbar, torch::Tensor& dbar) {
     const auto &a = saved[0], &b = saved[1], &x = saved[2], &r = saved[3], &damp = saved[4];
     const Index m = a.size(0), n = a.size(1), k = b.size(1);
-    const detail::TensorMap<Scalar> map(a.data_ptr<Scalar>(), m, n);
+    const detail::TensorMap<Scalar> map(detail::data<Scalar>(a), m, n);
     const auto op = parameterized(map);
     LeastSquares<Scalar> layer(detail::layer_options<Scalar>(options_from(ctx)));
     const auto status = ctx->saved_data["status"].toTensor();
@@ -157,7 +332,7 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
     const auto bt = b.t().contiguous(), xt = x.t().contiguous(), rt = r.t().contiguous(),
                gt = xbar.t().contiguous();
     auto col = [](const torch::Tensor& t, Index j, Index len) {
-      return Eigen::Map<const Vector<Scalar>>(t.data_ptr<Scalar>() + j * len, len);
+      return Eigen::Map<const Vector<Scalar>>(detail::data<Scalar>(t) + j * len, len);
     };
     Vector<Scalar> theta = Vector<Scalar>::Zero(m * n);
     std::vector<Vector<Scalar>> bbars(k);
@@ -177,44 +352,125 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
       bbars[j] = std::move(g.b);
       dsum += static_cast<double>(g.damp);
     }
-    abar = torch::from_blob(theta.data(), {m, n}, a.options()).clone();  // θ is row-major Ā
-    bbar = torch::empty({m, k}, a.options());
-    copy_columns(bbars, bbar);
+    abar = detail::to_tensor<Scalar>(theta).reshape({m, n});  // θ is row-major Ā
+    bbar = detail::from_columns(bbars, m);
     dbar = torch::full({}, dsum, damp.options());
   }
+};
 
-  template <class Scalar>
-  static void copy_columns(const std::vector<Vector<Scalar>>& cols, torch::Tensor& out) {
-    auto acc = out.accessor<Scalar, 2>();
-    for (std::size_t j = 0; j < cols.size(); ++j)
-      for (Index i = 0; i < cols[j].size(); ++i) acc[i][static_cast<Index>(j)] = cols[j][i];
+/// The autograd Function behind difflsq::lstsq for a TorchOperator.
+class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& b,
+                               const torch::Tensor& damp, torch::TensorList params,
+                               const TorchOperator& fn, std::array<int64_t, 2> shape,
+                               const TorchLstsqOptions& options) {
+    const auto [m, n] = shape;
+    const auto b2 = b.reshape({m, -1}).contiguous();
+    torch::Tensor x;
+    c10::intrusive_ptr<detail::CallableStateBase> state;
+    detail::dispatch(b.scalar_type(), [&](auto s) {
+      using Scalar = decltype(s);
+      auto st = c10::make_intrusive<detail::CallableState<Scalar>>(
+          detail::TorchCallable<Scalar>(fn, m, n, params.vec()), options);
+      const auto bt = b2.t().contiguous();
+      const auto lam = static_cast<RealOf<Scalar>>(damp.item<double>());
+      std::vector<Vector<Scalar>> xs;
+      for (Index j = 0; j < bt.size(0); ++j) {
+        const Eigen::Map<const Vector<Scalar>> bj(detail::data<Scalar>(bt) + j * m, m);
+        st->columns.push_back(st->layer.forward(st->op, bj, lam));
+        xs.push_back(st->columns.back().x);
+      }
+      x = detail::from_columns(xs, n);
+      state = st;
+    });
+    // The parameters are saved so that autograd's version check catches an in-place change
+    // between forward and backward (the state holds detached views of them).
+    ctx->save_for_backward(params.vec());
+    ctx->saved_data["state"] = c10::IValue::make_capsule(std::move(state));
+    ctx->saved_data["vector_b"] = b.dim() == 1;
+    return b.dim() == 1 ? x.reshape({n}) : x;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    detail::no_double_backward();
+    const auto params = ctx->get_saved_variables();  // the version check
+    const auto capsule = ctx->saved_data["state"].toCapsule();
+    const bool vector_b = ctx->saved_data["vector_b"].toBool();
+    torch::autograd::variable_list out(2 + params.size() + 3);
+    detail::dispatch(grads[0].scalar_type(), [&](auto s) {
+      using Scalar = decltype(s);
+      auto& st = static_cast<detail::CallableState<Scalar>&>(*capsule);
+      const Index m = st.op.rows(), n = st.op.cols();
+      const auto gt = grads[0].reshape({n, -1}).t().contiguous();
+      std::vector<Vector<Scalar>> bbars;
+      std::vector<std::pair<Vector<Scalar>, Vector<Scalar>>> terms;
+      double dsum = 0;
+      for (std::size_t j = 0; j < st.columns.size(); ++j) {
+        const Eigen::Map<const Vector<Scalar>> xbar(detail::data<Scalar>(gt) + Index(j) * n, n);
+        auto g = st.layer.backward(st.columns[j], xbar);
+        bbars.push_back(std::move(g.b));
+        dsum += static_cast<double>(g.damp);
+        for (auto& term : g.a_terms) terms.push_back(std::move(term));
+      }
+      const auto bbar = detail::from_columns(bbars, m);
+      out[0] = vector_b ? bbar.reshape({m}) : bbar;
+      out[1] = torch::full({}, dsum, torch::TensorOptions().dtype(
+                                         c10::toRealValueType(detail::torch_dtype<Scalar>())));
+      std::vector<bool> wanted(params.size());
+      for (std::size_t i = 0; i < params.size(); ++i) wanted[i] = ctx->needs_input_grad(2 + i);
+      const auto theta = st.op.parameter_gradients(terms, wanted);
+      for (std::size_t i = 0; i < params.size(); ++i) out[2 + i] = theta[i];
+    });
+    return out;
   }
 };
 
 /// Differentiable argmin_x ‖A x − b‖² + damp²‖x‖² (minimum-norm where not unique). A (m, n),
-/// b (m) or (m, k) (k independent solves), damp a 0-d tensor (it receives a gradient when it
-/// requires one). Throws std::invalid_argument for bad input and SolveError when a solve does not
-/// converge under FailurePolicy::Raise.
+/// b (m) or (m, k) (k independent solves), damp a real 0-d tensor (it receives a gradient when
+/// it requires one). Throws std::invalid_argument for bad input and SolveError when a solve does
+/// not converge under FailurePolicy::Raise.
 inline torch::Tensor lstsq(const torch::Tensor& a, const torch::Tensor& b,
                            const torch::Tensor& damp, const TorchLstsqOptions& options = {}) {
   detail::check_tensor(a, "A");
-  detail::check_tensor(b, "b");
-  detail::check_tensor(damp, "damp");
   if (a.dim() != 2) throw std::invalid_argument("difflsq::lstsq: A must be 2-D");
-  if (a.scalar_type() != torch::kFloat && a.scalar_type() != torch::kDouble)
-    throw std::invalid_argument("difflsq::lstsq: A must be float32 or float64");
-  if (b.scalar_type() != a.scalar_type() || damp.scalar_type() != a.scalar_type())
-    throw std::invalid_argument("difflsq::lstsq: A, b and damp must have the same dtype");
-  if ((b.dim() != 1 && b.dim() != 2) || b.size(0) != a.size(0))
-    throw std::invalid_argument("difflsq::lstsq: b must have shape (" + std::to_string(a.size(0)) +
-                                ") or (" + std::to_string(a.size(0)) + ", k)");
-  if (damp.numel() != 1) throw std::invalid_argument("difflsq::lstsq: damp must be a scalar");
+  detail::dispatch(a.scalar_type(), [](auto) {});
+  detail::check_b_and_damp(b, damp, a.size(0), a.scalar_type());
   return LstsqFunction::apply(a, b, damp.reshape({}), options);
 }
 
 inline torch::Tensor lstsq(const torch::Tensor& a, const torch::Tensor& b, double damp = 0,
                            const TorchLstsqOptions& options = {}) {
-  return lstsq(a, b, torch::full({}, damp, a.options()), options);
+  return lstsq(a, b, torch::full({}, damp, a.options().dtype(c10::toRealValueType(a.scalar_type()))),
+               options);
+}
+
+/// The same for a matrix-free A(θ) of shape {m, n}: fn(v, params) = A(params)·v. The dtype is
+/// b's; gradients reach b, damp and the tensors in params that require one.
+inline torch::Tensor lstsq(const TorchOperator& fn, std::array<int64_t, 2> shape,
+                           const torch::Tensor& b, const torch::Tensor& damp,
+                           const std::vector<torch::Tensor>& params = {},
+                           const TorchLstsqOptions& options = {}) {
+  if (!fn) throw std::invalid_argument("difflsq::lstsq: the operator is empty");
+  if (shape[0] < 0 || shape[1] < 0)
+    throw std::invalid_argument("difflsq::lstsq: the shape must not be negative");
+  detail::check_tensor(b, "b");
+  detail::dispatch(b.scalar_type(), [](auto) {});
+  detail::check_b_and_damp(b, damp, shape[0], b.scalar_type());
+  for (std::size_t i = 0; i < params.size(); ++i)
+    detail::check_tensor(params[i], "params[" + std::to_string(i) + "]");
+  return LstsqCallableFunction::apply(b, damp.reshape({}), torch::TensorList(params), fn, shape,
+                                      options);
+}
+
+inline torch::Tensor lstsq(const TorchOperator& fn, std::array<int64_t, 2> shape,
+                           const torch::Tensor& b, double damp = 0,
+                           const std::vector<torch::Tensor>& params = {},
+                           const TorchLstsqOptions& options = {}) {
+  return lstsq(fn, shape, b,
+               torch::full({}, damp, b.options().dtype(c10::toRealValueType(b.scalar_type()))),
+               params, options);
 }
 
 }  // namespace difflsq

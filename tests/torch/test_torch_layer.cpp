@@ -1,10 +1,12 @@
 // The LibTorch layer (difflsq/torch.hpp): values and gradients against torch's own autograd
-// through a dense formula (damped normal equations, pseudo-inverse), float and double. The
-// DOCTEST_-prefixed macros are needed: LibTorch defines its own CHECK.
+// through a dense formula (damped normal equations, pseudo-inverse), real and complex, for a
+// tensor A and for a callable A(θ). The DOCTEST_-prefixed macros are needed: LibTorch defines
+// its own CHECK.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <difflsq/torch.hpp>
+#include <tuple>
 
 namespace {
 
@@ -12,8 +14,9 @@ torch::Tensor dense_reference(const torch::Tensor& a, const torch::Tensor& b,
                               const torch::Tensor& damp) {
   if (damp.item<double>() > 0) {
     const auto n = a.size(1);
-    const auto normal = a.t().mm(a) + damp * damp * torch::eye(n, a.options());
-    return torch::linalg::solve(normal, a.t().matmul(b), true);
+    const auto ah = a.t().conj();
+    const auto normal = ah.mm(a) + damp * damp * torch::eye(n, a.options());
+    return torch::linalg::solve(normal, ah.matmul(b), true);
   }
   return torch::linalg::pinv(a).matmul(b);
 }
@@ -27,9 +30,10 @@ Grads run(Solve solve, const torch::Tensor& a0, const torch::Tensor& b0, double 
           const torch::Tensor& w) {
   auto a = a0.clone().requires_grad_(true);
   auto b = b0.clone().requires_grad_(true);
-  auto d = torch::full({}, lam, a0.options()).requires_grad_(true);
+  auto d = torch::full({}, lam, a0.options().dtype(c10::toRealValueType(a0.scalar_type())))
+               .requires_grad_(true);
   auto x = solve(a, b, d);
-  (x * w).sum().backward();
+  torch::real((x * w).sum()).backward();
   return {x.detach(), a.grad(), b.grad(), d.grad()};
 }
 
@@ -97,4 +101,134 @@ DOCTEST_TEST_CASE("LibTorch layer: float32 is kept; bad input and failures are r
   difflsq::TorchLstsqOptions limit;
   limit.forward.max_iterations = 1;
   DOCTEST_CHECK_THROWS_AS(difflsq::lstsq(a, b, 0.0, limit), difflsq::SolveError);
+}
+
+DOCTEST_TEST_CASE("LibTorch layer: complex A, b and x; damp real") {
+  torch::manual_seed(2);
+  for (const auto dtype : {torch::kComplexDouble, torch::kComplexFloat}) {
+    const bool single = dtype == torch::kComplexFloat;
+    for (const auto& [m, n, lam] : {std::tuple{9, 5, 0.0}, std::tuple{9, 5, 0.3},
+                                    std::tuple{5, 9, 0.0}, std::tuple{5, 9, 0.3}}) {
+      DOCTEST_CAPTURE(m);
+      DOCTEST_CAPTURE(lam);
+      const auto opts = torch::TensorOptions().dtype(torch::kComplexDouble);
+      const auto a = torch::randn({m, n}, opts) + 2 * torch::eye(m, n, opts);
+      const auto b = torch::randn({m}, opts), w = torch::randn({n}, opts);
+      difflsq::TorchLstsqOptions o;
+      o.forward = single ? difflsq::Tolerances<double>{1e-6, 1e-6, 1e8, 1000}
+                         : difflsq::Tolerances<double>{1e-13, 1e-13, 0, 5000};
+      const auto got = run([&](auto& a, auto& b, auto& d) { return difflsq::lstsq(a, b, d, o); },
+                           a.to(dtype), b.to(dtype), lam, w.to(dtype));
+      const auto ref = run(dense_reference, a, b, lam, w);
+      DOCTEST_CHECK(bool(got.x.scalar_type() == dtype));
+      DOCTEST_CHECK(bool(got.damp.scalar_type() == c10::toRealValueType(dtype)));
+      const double rtol = single ? 1e-3 : 1e-7, atol = single ? 1e-4 : 1e-9;
+      DOCTEST_CHECK(close(got.x.to(torch::kComplexDouble), ref.x, rtol, atol));
+      DOCTEST_CHECK(close(got.a.to(torch::kComplexDouble), ref.a, rtol, atol));
+      DOCTEST_CHECK(close(got.b.to(torch::kComplexDouble), ref.b, rtol, atol));
+      if (lam > 0) DOCTEST_CHECK(close(got.damp.to(torch::kDouble), ref.damp, rtol, atol));
+      // A callable whose parameter is the matrix: Aᴴu and θ̄ through torch autograd.
+      auto matvec = [](const torch::Tensor& v, const std::vector<torch::Tensor>& p) {
+        return p[0].mv(v);
+      };
+      const auto viaf = run(
+          [&](auto& a, auto& b, auto& d) {
+            return difflsq::lstsq(matvec, {a.size(0), a.size(1)}, b, d, {a}, o);
+          },
+          a.to(dtype), b.to(dtype), lam, w.to(dtype));
+      DOCTEST_CHECK(close(viaf.x.to(torch::kComplexDouble), ref.x, rtol, atol));
+      DOCTEST_CHECK(close(viaf.a.to(torch::kComplexDouble), ref.a, rtol, atol));
+      DOCTEST_CHECK(close(viaf.b.to(torch::kComplexDouble), ref.b, rtol, atol));
+    }
+  }
+  const auto a = torch::randn({6, 3}, torch::kComplexDouble);
+  // damp must be real; b must have A's dtype.
+  DOCTEST_CHECK_THROWS_AS(difflsq::lstsq(a, torch::randn({6}, torch::kComplexDouble),
+                                         torch::full({}, 0.1, torch::kComplexDouble)),
+                          std::invalid_argument);
+  DOCTEST_CHECK_THROWS_AS(difflsq::lstsq(a, torch::randn({6}, torch::kDouble), 0.1),
+                          std::invalid_argument);
+}
+
+namespace {
+/// A 1-D full convolution k ∗ v with torch operations: linear in v, differentiable in k.
+torch::Tensor convolve(const torch::Tensor& v, const std::vector<torch::Tensor>& p) {
+  const auto& k = p.at(0);
+  return torch::conv1d(v.reshape({1, 1, -1}), k.flip(0).reshape({1, 1, -1}), {}, 1,
+                       k.size(0) - 1)
+      .reshape({-1});
+}
+/// The same as a dense (n + p − 1) × n matrix built from k with torch operations.
+torch::Tensor convolution_matrix(const torch::Tensor& k, int64_t n) {
+  const int64_t p = k.size(0);
+  std::vector<torch::Tensor> cols;
+  for (int64_t s = 0; s < n; ++s)
+    cols.push_back(torch::cat({torch::zeros({s}, k.options()), k,
+                               torch::zeros({n - 1 - s}, k.options())}));
+  return torch::stack(cols, 1).reshape({n + p - 1, n});
+}
+}  // namespace
+
+DOCTEST_TEST_CASE("LibTorch layer: a callable A(theta), gradients reach its parameters") {
+  torch::manual_seed(3);
+  const int64_t n = 12;
+  const auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  const auto k0 = torch::tensor({1.0, -0.5, 0.25, 0.3}, opts);
+  const int64_t m = n + k0.size(0) - 1;
+  difflsq::TorchLstsqOptions o;
+  o.forward = {1e-13, 1e-13, 0, 5000};
+  for (const int64_t cols : {int64_t(0), int64_t(3)}) {  // b (m) and b (m, 3)
+    for (const double lam : {0.0, 0.1}) {
+      DOCTEST_CAPTURE(cols);
+      DOCTEST_CAPTURE(lam);
+      const auto b0 = cols ? torch::randn({m, cols}, opts) : torch::randn({m}, opts);
+      const auto w = cols ? torch::randn({n, cols}, opts) : torch::randn({n}, opts);
+      auto grads = [&](bool callable) {
+        auto k = k0.clone().requires_grad_(true);
+        auto b = b0.clone().requires_grad_(true);
+        auto d = torch::full({}, lam, opts).requires_grad_(true);
+        torch::Tensor x;
+        if (callable) {
+          x = difflsq::lstsq(convolve, {m, n}, b, d, {k}, o);
+        } else {
+          const auto a = convolution_matrix(k, n);
+          x = lam > 0 ? dense_reference(a, b, d) : torch::linalg::pinv(a).matmul(b);
+        }
+        (x * w).sum().backward();
+        return std::tuple{x.detach(), k.grad(), b.grad(), d.grad()};
+      };
+      const auto [x1, k1, b1, d1] = grads(true);
+      const auto [x2, k2, b2, d2] = grads(false);
+      DOCTEST_CHECK(x1.sizes().vec() == x2.sizes().vec());
+      DOCTEST_CHECK(close(x1, x2, 1e-9, 1e-11));
+      DOCTEST_CHECK(close(k1, k2, 1e-7, 1e-9));
+      DOCTEST_CHECK(close(b1, b2, 1e-7, 1e-9));
+      if (lam > 0) DOCTEST_CHECK(close(d1, d2, 1e-7, 1e-9));
+    }
+  }
+  // The dense matrix as a callable whose parameter is the matrix: the same as the tensor path.
+  const auto a0 = torch::randn({7, 4}, opts) + torch::eye(7, 4, opts);
+  const auto b0 = torch::randn({7}, opts);
+  auto matvec = [](const torch::Tensor& v, const std::vector<torch::Tensor>& p) {
+    return p[0].mv(v);
+  };
+  auto a1 = a0.clone().requires_grad_(true), a2 = a0.clone().requires_grad_(true);
+  difflsq::lstsq(matvec, {7, 4}, b0, 0.2, {a1}, o).sum().backward();
+  difflsq::lstsq(a2, b0, 0.2, o).sum().backward();
+  DOCTEST_CHECK(close(a1.grad(), a2.grad(), 1e-8, 1e-10));
+  // Bad operators and inputs.
+  auto wrong = [](const torch::Tensor& v, const std::vector<torch::Tensor>&) { return v; };
+  DOCTEST_CHECK_THROWS_AS(difflsq::lstsq(wrong, {7, 4}, b0, 0.0), std::invalid_argument);
+  DOCTEST_CHECK_THROWS_AS(difflsq::lstsq(matvec, {7, 4}, torch::randn({6}, opts), 0.0, {a0}),
+                          std::invalid_argument);
+  DOCTEST_CHECK_THROWS_AS(difflsq::lstsq(difflsq::TorchOperator{}, {7, 4}, b0, 0.0),
+                          std::invalid_argument);
+  // float32 is kept.
+  auto af = a0.to(torch::kFloat).requires_grad_(true);
+  difflsq::TorchLstsqOptions of;
+  of.forward.max_iterations = 100;  // LSMR's default min(m, n) = 4 is too few in float
+  const auto xf = difflsq::lstsq(matvec, {7, 4}, b0.to(torch::kFloat), 0.2, {af}, of);
+  DOCTEST_CHECK(bool(xf.scalar_type() == torch::kFloat));
+  xf.sum().backward();
+  DOCTEST_CHECK(close(af.grad().to(torch::kDouble), a2.grad(), 1e-3, 1e-4));
 }
