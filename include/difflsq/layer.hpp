@@ -5,8 +5,8 @@
 //
 // without storing iterates: the derivative rules are least-squares solves of their own
 // (docs/gradients.md derives every formula used below; equation numbers (G…) refer to it):
-// one solve when λ is large enough (G12), else two (G5, G6), three for an undamped
-// rank-deficient A whose residual is not zero (G7).
+// one solve for λ > 0 with a tall A or strong damping (G12), else two (G5, G6), three for an
+// undamped rank-deficient A whose residual is not zero (G7).
 //
 //     difflsq::LeastSquares<double> layer({.method = difflsq::Method::Lsmr});
 //     auto A = difflsq::parameterized(M);          // θ = entries of M
@@ -239,19 +239,21 @@ class LeastSquares {
     const Tolerances<Real> tol = backward_tolerances(f);
     Gradients<Scalar> g;
     Vector<Scalar> tmp(n);
-    if (m >= n ? stacked_accurate(f) : strongly_damped(f)) {
+    std::optional<Vector<Scalar>> w;
+    if (m >= n ? stacked_ok(lam) : strongly_damped(f))
+      w = normal_solve("backward: min-norm [A^T damp I] w = xbar", a, xbar, lam, tol, g.solves);
+    if (w && swamped(*w, m, lam, g.solves.back().report.anorm, f)) w.reset();
+    if (w) {
       // (G12): one undamped solve, w = [A y; λ y] with y = (AᴴA + λ²I)⁻¹x̄, so b̄ = A y (G3)
       // is w's head and y its tail over λ; no division by λ², no solve with A alone, whose
       // cost and accuracy would depend on cond(A) rather than on the damped problem.
-      const Vector<Scalar> w = normal_solve("backward: min-norm [A^T damp I] w = xbar", a, xbar,
-                                            lam, tol, g.solves);
-      g.b = w.head(m);
-      Vector<Scalar> y = w.tail(n) / lam;
+      g.b = w->head(m);
+      Vector<Scalar> y = w->tail(n) / lam;
       g.damp = -2 * lam * std::real(f.x.dot(y));  // (G4); Eigen's dot is xᴴy
       g.a_terms.emplace_back(f.r, std::move(y));  // Ā = r yᴴ − b̄ xᴴ (G2)
       g.a_terms.emplace_back(-g.b, f.x);
     } else if (m >= n) {
-      // Tall, λ = 0 or below G12's range (G5): split x̄ = Aᴴp + q with q ∈ N(A); then
+      // Tall, λ = 0 or too small for (G12) (G5): split x̄ = Aᴴp + q with q ∈ N(A); then
       // y = (AᴴA + λ²I)⁺x̄ = argmin ‖Ay − p‖² + λ²‖y‖² + q/λ², the last term only for λ > 0.
       const Vector<Scalar> p = run("backward: min |A^T p - xbar|", at, xbar, 0, nullptr, tol,
                                    g.solves);
@@ -324,19 +326,20 @@ class LeastSquares {
     // (G8): (AᴴA + λ²I) ẋ = Aᴴc + w with c = ḃ − Ȧx and w = Ȧᴴr − 2λλ̇x.
     Vector<Scalar> c = t.b ? *t.b : Vector<Scalar>::Zero(m);
     if (t.theta) c -= ad_x;
-    if (m >= n && stacked_accurate(f)) {
+    if (m >= n && stacked_ok(lam)) {
       // Tall (G8, G12): ẋ = (AᴴA + λ²I)⁻¹(Aᴴc + w) with w = Ȧᴴr − 2λλ̇x, one undamped solve.
       Vector<Scalar> rhs(n);
       a.apply_adjoint(c, rhs);
       rhs -= (2 * lam * dlam) * f.x;
       if (t.theta) rhs += ad_r;
-      const Vector<Scalar> w = normal_solve("jvp: min-norm [A^T damp I] w = A^T c + w", a, rhs,
-                                            lam, tol, out.solves);
-      out.x = w.tail(n) / lam;
-      return out;
+      if (const auto w = normal_solve("jvp: min-norm [A^T damp I] w = A^T c + w", a, rhs, lam,
+                                      tol, out.solves)) {
+        out.x = w->tail(n) / lam;
+        return out;
+      }
     }
     if (m >= n && stacked_ok(lam)) {
-      // Tall, λ below G12's range: split w = Aᴴp + q as in backward (G5), then
+      // Tall, λ too small for (G12): split w = Aᴴp + q as in backward (G5), then
       // ẋ = argmin ‖Ax' − (c + p)‖² + λ²‖x'‖² + q/λ².
       Vector<Scalar> w = (-2 * lam * dlam) * f.x;
       if (t.theta) w += ad_r;
@@ -422,20 +425,11 @@ class LeastSquares {
 
   /// Whether λ is large enough to take z = r/λ² (G11): its relative error is about
   /// tol·‖A‖²/λ², which this keeps below √tol (‖A‖ by the forward solve's estimate of
-  /// ‖[A; λI]‖_F, an upper bound).
+  /// ‖[A; λI]‖, from the directions its iterations explored).
   template <LinearOperator Op>
   bool strongly_damped(const Forward<Op>& f) const {
     const Real anorm = f.report.anorm;
     return stacked_ok(f.damp) && f.damp * f.damp >= std::sqrt(solve_tolerance(f)) * anorm * anorm;
-  }
-
-  /// Whether the one solve of (G12) resolves y's components along singular values near λ,
-  /// such as y's null-space part q/λ² for a rank-deficient A: its stopping tests leave them a
-  /// relative error of about tol·‖A‖/λ, which this keeps below √tol. Below, the split (G5)
-  /// finds q by subtraction and divides it by λ² exactly.
-  template <LinearOperator Op>
-  bool stacked_accurate(const Forward<Op>& f) const {
-    return stacked_ok(f.damp) && f.damp >= std::sqrt(solve_tolerance(f)) * f.report.anorm;
   }
 
   /// The dual solution z = (AAᵀ + λ²I)⁺b: r/λ² under strong damping (G11), else (G9) z_R =
@@ -465,22 +459,68 @@ class LeastSquares {
   /// Whether λ is large enough for (G12): λ·v must not underflow, and λ² be a normal number.
   static bool stacked_ok(Real lam) { return lam > std::sqrt(std::numeric_limits<Real>::min()); }
 
+  /// Whether rounding swamps b̄ = w_head from (G12): w is normwise accurate, but its error of
+  /// about ε‖K‖‖y‖ can exceed b̄ = A y when y is dominated by a large part along tiny singular
+  /// values, such as q/λ² for a rank-deficient A and a tiny λ (measured: 4e-4 relative error in
+  /// b̄ and λ̄ at λ = 1e-6, whatever the tolerance). The split (G5) handles that part exactly.
+  template <LinearOperator Op>
+  bool swamped(const Vector<Scalar>& w, Index m, Real lam, Real knorm,
+               const Forward<Op>& f) const {
+    constexpr Real eps = std::numeric_limits<Real>::epsilon();
+    const Real allowed = std::max(solve_tolerance(f), std::sqrt(eps));
+    return eps * knorm * (w.tail(w.size() - m).norm() / lam) > allowed * w.head(m).norm();
+  }
+
   /// (G12): for λ > 0 the minimum-norm solution of the consistent system [Aᴴ λI] w = g is
   /// w = K (KᴴK)⁻¹ g = [A y; λ y] with K = [A; λI] and y = (AᴴA + λ²I)⁻¹g. One undamped solve
   /// whose iterates stay in range(K), so y = w_tail/λ is exact (no cancellation), whatever λ;
-  /// its conditioning is that of the damped problem (1).
+  /// its conditioning is that of the damped problem (1). The system being consistent, the
+  /// solve stops by its test 1 with btol (atol = ε): test 2 with the caller's atol would stop
+  /// before resolving singular values of K below atol·‖K‖, such as λ along N(A) for a
+  /// rank-deficient A, whose part of y (of size 1/λ²) dominates the gradient. If the solve
+  /// stops otherwise (cond(K) above conlim, or test 2 at machine precision), it is dropped from
+  /// the log and nothing is returned: the caller splits instead (G5).
   template <LinearOperator Op>
-  Vector<Scalar> normal_solve(const char* role, const Op& a, Eigen::Ref<const Vector<Scalar>> g,
-                              Real lam, const Tolerances<Real>& tol,
-                              std::vector<SolveRecord<Real>>& log) {
+  std::optional<Vector<Scalar>> normal_solve(const char* role, const Op& a,
+                                             Eigen::Ref<const Vector<Scalar>> g, Real lam,
+                                             Tolerances<Real> tol,
+                                             std::vector<SolveRecord<Real>>& log) {
     const detail::Stacked<Op> k(a, lam);
-    return run(role, AdjointOperator<detail::Stacked<Op>>(k), g, 0, nullptr, tol, log);
+    tol.atol = std::numeric_limits<Real>::epsilon();
+    const auto report = solve_logged(role, AdjointOperator<detail::Stacked<Op>>(k), g, 0,
+                                     nullptr, tol, log);
+    switch (report.status) {
+      case Status::LeastSquaresSmall:
+      case Status::LeastSquaresMachine:
+      case Status::ConditionLimit:
+      case Status::ConditionMachine:
+        log.pop_back();
+        return std::nullopt;
+      default:
+        if (!report.converged()) fail(role, report);
+        return ws_k_.x;
+    }
   }
 
   template <LinearOperator Op>
   Vector<Scalar> run(const char* role, const Op& op, Eigen::Ref<const Vector<Scalar>> rhs,
                      Real damp, const Vector<Scalar>* x0, const Tolerances<Real>& tol,
                      std::vector<SolveRecord<Real>>& log) {
+    const auto report = solve_logged(role, op, rhs, damp, x0, tol, log);
+    if (!report.converged()) fail(role, report);
+    return workspace<Op>().x;
+  }
+
+  template <class Op>
+  Workspace<Scalar>& workspace() {
+    return detail::is_stacked_adjoint_v<Op> ? ws_k_ : detail::is_adjoint_v<Op> ? ws_at_ : ws_a_;
+  }
+
+  /// One solve with the layer's method into the workspace for Op, logged as `role`.
+  template <LinearOperator Op>
+  Report<Real> solve_logged(const char* role, const Op& op, Eigen::Ref<const Vector<Scalar>> rhs,
+                            Real damp, const Vector<Scalar>* x0, const Tolerances<Real>& tol,
+                            std::vector<SolveRecord<Real>>& log) {
     Options<Scalar> o;
     o.damp = damp;
     o.atol = tol.atol;
@@ -488,15 +528,10 @@ class LeastSquares {
     o.conlim = tol.conlim;
     o.max_iterations = tol.max_iterations;
     if (x0) o.x0 = *x0;
-    Workspace<Scalar>& ws = detail::is_stacked_adjoint_v<Op> ? ws_k_
-                            : detail::is_adjoint_v<Op>       ? ws_at_
-                                                             : ws_a_;
-    const auto report = solve(opts_.method, ws, op, rhs, o);
+    const auto report = solve(opts_.method, workspace<Op>(), op, rhs, o);
     log.push_back({role, report});
-    if (!report.converged()) fail(role, report);
-    return ws.x;
+    return report;
   }
-
   void fail(const char* role, const Report<Real>& report) const {
     detail::on_failure(opts_.on_failure, opts_.warn, std::string("difflsq: ") + role, report);
   }

@@ -14,7 +14,9 @@
 // product through one recorded application of fn; θ̄ is one autograd pass over Σ Re⟨u, A(θ)v⟩
 // for the rank-one terms Σ u vᴴ of Ā. The backward pass is the adjoint rule of layer.hpp
 // (docs/gradients.md). CPU tensors, float32, float64, complex64 or complex128 (kept; damp is
-// real, of the same precision). Not part of difflsq.hpp: link LibTorch (find_package(Torch)).
+// real, of the same precision). Reverse mode only: LibTorch 1.13's C++ Functions have no
+// forward-mode hook (LeastSquares::jvp has the rule). Double backward raises. Not part of
+// difflsq.hpp: link LibTorch (find_package(Torch)).
 #pragma once
 
 #include <torch/torch.h>
@@ -116,6 +118,12 @@ LeastSquaresOptions<Scalar> layer_options(const TorchLstsqOptions& o) {
   return out;
 }
 
+/// t's values in contiguous memory: conjugate and negative views (lazy bits that data_ptr does
+/// not apply) are resolved first.
+inline torch::Tensor dense(const torch::Tensor& t) {
+  return t.resolve_conj().resolve_neg().contiguous();
+}
+
 inline void check_tensor(const torch::Tensor& t, const std::string& name) {
   if (!t.defined()) throw std::invalid_argument("difflsq::lstsq: " + name + " is undefined");
   if (t.device().type() != torch::kCPU)
@@ -178,7 +186,7 @@ class TorchCallable {
     const auto g = torch::autograd::grad({out0_}, {v0_}, {to_tensor<Scalar>(u)},
                                          /*retain_graph=*/true, /*create_graph=*/false,
                                          /*allow_unused=*/true)[0];
-    if (g.defined()) v = Eigen::Map<const Vector<Scalar>>(data<Scalar>(g.contiguous()), n_);
+    if (g.defined()) v = Eigen::Map<const Vector<Scalar>>(data<Scalar>(dense(g)), n_);
     else v.setZero();
   }
   /// θ̄_i = ∇_{θ_i} Σ Re⟨u, A(θ) v⟩ over the terms of Ā (undefined where not wanted).
@@ -221,7 +229,7 @@ class TorchCallable {
       throw std::invalid_argument("difflsq::lstsq: the operator must return " +
                                   std::to_string(m_) + " values of dtype " +
                                   c10::toString(torch_dtype<Scalar>()) + " on the CPU");
-    return y.reshape({m_}).contiguous();
+    return dense(y.reshape({m_}));
   }
 };
 
@@ -245,9 +253,9 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& a,
                                const torch::Tensor& b, const torch::Tensor& damp,
                                const TorchLstsqOptions& options) {
-    const auto ac = a.contiguous();
-    const auto b2 = b.reshape({a.size(0), -1}).contiguous();
-    torch::Tensor x, r, status, anorm;
+    const auto ac = detail::dense(a);
+    const auto b2 = detail::dense(b.reshape({a.size(0), -1}));
+    torch::Tensor x, r, status, anorm;  // status: (status, iterations) per column
     detail::dispatch(a.scalar_type(), [&](auto s) {
       run_forward<decltype(s)>(ac, b2, damp, options, x, r, status, anorm);
     });
@@ -270,7 +278,7 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
     detail::no_double_backward();
     const auto saved = ctx->get_saved_variables();
     const auto& a = saved[0];
-    const auto xbar = grads[0].reshape({a.size(1), -1}).contiguous();
+    const auto xbar = detail::dense(grads[0].reshape({a.size(1), -1}));
     torch::Tensor abar, bbar, dbar;
     detail::dispatch(a.scalar_type(), [&](auto s) {
       run_backward<decltype(s)>(ctx, saved, xbar, abar, bbar, dbar);
@@ -302,16 +310,17 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
     const auto op = parameterized(map);
     LeastSquares<Scalar> layer(detail::layer_options<Scalar>(options));
     const auto lam = static_cast<RealOf<Scalar>>(damp.item<double>());
-    status = torch::empty({k}, torch::kLong);
+    status = torch::empty({k, 2}, torch::kLong);
     anorm = torch::empty({k}, torch::kDouble);
-    const auto bt = b.t().contiguous();  // column j of b is row j of bᵀ
+    const auto bt = detail::dense(b.t());  // column j of b is row j of bᵀ
     std::vector<Vector<Scalar>> xs(k), rs(k);
     for (Index j = 0; j < k; ++j) {
       const Eigen::Map<const Vector<Scalar>> bj(detail::data<Scalar>(bt) + j * m, m);
       auto f = layer.forward(op, bj, lam);
       xs[j] = std::move(f.x);
       rs[j] = std::move(f.r);
-      status[j] = static_cast<int64_t>(f.report.status);
+      status[j][0] = static_cast<int64_t>(f.report.status);
+      status[j][1] = static_cast<int64_t>(f.report.iterations);
       anorm[j] = static_cast<double>(f.report.anorm);
     }
     x = detail::from_columns(xs, n);
@@ -329,8 +338,8 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
     LeastSquares<Scalar> layer(detail::layer_options<Scalar>(options_from(ctx)));
     const auto status = ctx->saved_data["status"].toTensor();
     const auto anorm = ctx->saved_data["anorm"].toTensor();
-    const auto bt = b.t().contiguous(), xt = x.t().contiguous(), rt = r.t().contiguous(),
-               gt = xbar.t().contiguous();
+    const auto bt = detail::dense(b.t()), xt = detail::dense(x.t()), rt = detail::dense(r.t()),
+               gt = detail::dense(xbar.t());
     auto col = [](const torch::Tensor& t, Index j, Index len) {
       return Eigen::Map<const Vector<Scalar>>(detail::data<Scalar>(t) + j * len, len);
     };
@@ -345,7 +354,8 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
       f.x = col(xt, j, n);
       f.r = col(rt, j, m);
       f.damp = static_cast<RealOf<Scalar>>(damp.item<double>());
-      f.report.status = static_cast<Status>(status[j].item<int64_t>());
+      f.report.status = static_cast<Status>(status[j][0].item<int64_t>());
+      f.report.iterations = static_cast<Index>(status[j][1].item<int64_t>());
       f.report.anorm = static_cast<RealOf<Scalar>>(anorm[j].item<double>());
       auto g = layer.backward(f, col(gt, j, n));
       theta += g.theta;
@@ -366,14 +376,14 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
                                const TorchOperator& fn, std::array<int64_t, 2> shape,
                                const TorchLstsqOptions& options) {
     const auto [m, n] = shape;
-    const auto b2 = b.reshape({m, -1}).contiguous();
+    const auto b2 = detail::dense(b.reshape({m, -1}));
     torch::Tensor x;
     c10::intrusive_ptr<detail::CallableStateBase> state;
     detail::dispatch(b.scalar_type(), [&](auto s) {
       using Scalar = decltype(s);
       auto st = c10::make_intrusive<detail::CallableState<Scalar>>(
           detail::TorchCallable<Scalar>(fn, m, n, params.vec()), options);
-      const auto bt = b2.t().contiguous();
+      const auto bt = detail::dense(b2.t());
       const auto lam = static_cast<RealOf<Scalar>>(damp.item<double>());
       std::vector<Vector<Scalar>> xs;
       for (Index j = 0; j < bt.size(0); ++j) {
@@ -403,7 +413,7 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
       using Scalar = decltype(s);
       auto& st = static_cast<detail::CallableState<Scalar>&>(*capsule);
       const Index m = st.op.rows(), n = st.op.cols();
-      const auto gt = grads[0].reshape({n, -1}).t().contiguous();
+      const auto gt = detail::dense(grads[0].reshape({n, -1}).t());
       std::vector<Vector<Scalar>> bbars;
       std::vector<std::pair<Vector<Scalar>, Vector<Scalar>>> terms;
       double dsum = 0;

@@ -351,6 +351,27 @@ def test_complex_gradcheck_convolution_and_complex64():
         dt.lstsq(A.detach(), b.detach(), torch.tensor(0.1 + 0j))
 
 
+def test_complex_conjugate_views():
+    # Conjugate views of A and b, a loss through x.conj() (its gradient arrives as a conjugate
+    # view) and a callable whose products are conjugate views: the same as torch's autograd.
+    g = torch.Generator().manual_seed(23)
+    M0 = torch.randn(8, 4, dtype=C128, generator=g)
+    c0, w = torch.randn(8, dtype=C128, generator=g), torch.randn(4, dtype=C128, generator=g)
+
+    def grads(solve):
+        M, c = M0.clone().requires_grad_(), c0.clone().requires_grad_()
+        torch.vdot(w, solve(M, c).conj()).real.backward()
+        return M.grad, c.grad
+
+    ours = grads(lambda M, c: dt.lstsq(M.conj(), c.conj(), 0.2, **TIGHT))
+    ref = grads(lambda M, c: dense_reference(M.conj(), c.conj(), 0.2))
+    conj_op = grads(lambda M, c: dt.lstsq(lambda v, M: M.conj().mv(v.conj()).conj(), c, 0.2,
+                                          params=(M,), shape=(8, 4), **TIGHT))
+    ref_op = grads(lambda M, c: dense_reference(M, c, 0.2))
+    for got, want in zip(ours + conj_op, ref + ref_op):
+        assert torch.allclose(got, want, rtol=1e-8, atol=1e-10)
+
+
 def test_callable_matches_tensor_and_unused_parameters_get_zeros():
     g = torch.Generator().manual_seed(9)
     W = torch.randn(7, 4, dtype=F64, generator=g, requires_grad=True)

@@ -141,6 +141,40 @@ DOCTEST_TEST_CASE("LibTorch layer: complex A, b and x; damp real") {
       DOCTEST_CHECK(close(viaf.b.to(torch::kComplexDouble), ref.b, rtol, atol));
     }
   }
+  {
+    // Conjugate views (lazy, as data_ptr does not apply them): A = M.conj(), b = c.conj(), and
+    // a loss through x.conj(), whose incoming gradient is itself a conjugate view.
+    const auto opts = torch::TensorOptions().dtype(torch::kComplexDouble);
+    const auto m0 = torch::randn({8, 4}, opts) + torch::eye(8, 4, opts);
+    const auto c0 = torch::randn({8}, opts), w = torch::randn({4}, opts);
+    difflsq::TorchLstsqOptions o;
+    o.forward = {1e-13, 1e-13, 0, 5000};
+    auto grads = [&](bool ours) {
+      auto m = m0.clone().requires_grad_(true), c = c0.clone().requires_grad_(true);
+      const auto d = torch::full({}, 0.2, torch::kDouble);
+      const auto x = ours ? difflsq::lstsq(m.conj(), c.conj(), d, o)
+                          : dense_reference(m.conj(), c.conj(), d);
+      torch::real((x.conj() * w).sum()).backward();
+      return std::tuple{x.detach(), m.grad(), c.grad()};
+    };
+    const auto [x1, m1, c1] = grads(true);
+    const auto [x2, m2, c2] = grads(false);
+    DOCTEST_CHECK(close(x1, x2, 1e-9, 1e-11));
+    DOCTEST_CHECK(close(m1, m2, 1e-7, 1e-9));
+    DOCTEST_CHECK(close(c1, c2, 1e-7, 1e-9));
+    // A callable whose products end in a conjugate view.
+    auto conj_op = [](const torch::Tensor& v, const std::vector<torch::Tensor>& p) {
+      return p[0].conj().mv(v.conj()).conj();  // M v, returned as a conjugate view
+    };
+    auto m3 = m0.clone().requires_grad_(true);
+    const auto x3 = difflsq::lstsq(conj_op, {8, 4}, c0, 0.2, {m3}, o);
+    auto m4 = m0.clone().requires_grad_(true);
+    const auto x4 = dense_reference(m4, c0, torch::full({}, 0.2, torch::kDouble));
+    torch::real((x3 * w).sum()).backward();
+    torch::real((x4 * w).sum()).backward();
+    DOCTEST_CHECK(close(x3.detach(), x4.detach(), 1e-9, 1e-11));
+    DOCTEST_CHECK(close(m3.grad(), m4.grad(), 1e-7, 1e-9));
+  }
   const auto a = torch::randn({6, 3}, torch::kComplexDouble);
   // damp must be real; b must have A's dtype.
   DOCTEST_CHECK_THROWS_AS(difflsq::lstsq(a, torch::randn({6}, torch::kComplexDouble),

@@ -211,7 +211,7 @@ def _callbacks(op, params, m, n, dtype):
             return np.zeros(n, dtype=u.dtype)
         (g,) = torch.autograd.grad(out0, v0, grad_outputs=torch.from_numpy(u).to(out0.dtype),
                                    retain_graph=True, allow_unused=True)
-        return np.zeros(n, dtype=u.dtype) if g is None else g.detach().numpy()
+        return np.zeros(n, dtype=u.dtype) if g is None else _numpy(g)
 
     return matvec, rmatvec
 
@@ -222,7 +222,7 @@ def _as_output(y, m, what):
     _check_device(what, y)
     if y.numel() != m:
         raise ValueError(f"difflsq.torch: {what} returned {y.numel()} values, expected {m}")
-    return y.reshape(-1)
+    return y.reshape(-1).resolve_conj()
 
 
 def _parameter_gradients(op, params, want, terms, dtype):
@@ -350,7 +350,7 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
         m, n = (int(s) for s in shape)
         op = A
         dtype = None
-        source = "the default dtype; b's is not supported"
+        source = "torch.get_default_dtype(), used as b's dtype is not supported"
     else:
         raise TypeError(f"difflsq.torch: A must be a tensor or a callable, got {type(A).__name__}")
     if not torch.is_tensor(b):
