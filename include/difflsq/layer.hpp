@@ -530,6 +530,7 @@ class LeastSquares {
     log.push_back({role, report});
     return report;
   }
+
   void fail(const char* role, const Report<Real>& report) const {
     detail::on_failure(opts_.on_failure, opts_.warn, std::string("difflsq: ") + role, report);
   }
