@@ -238,7 +238,6 @@ class LeastSquares {
     const Real lam = f.damp;
     const Tolerances<Real> tol = backward_tolerances(f);
     Gradients<Scalar> g;
-    Vector<Scalar> tmp(n);
     std::optional<Vector<Scalar>> w;
     if (m >= n ? stacked_ok(lam) : strongly_damped(f))
       w = normal_solve("backward: min-norm [A^T damp I] w = xbar", a, xbar, lam, tol, g.solves);
@@ -255,13 +254,7 @@ class LeastSquares {
     } else if (m >= n) {
       // Tall, λ = 0 or too small for (G12) (G5): split x̄ = Aᴴp + q with q ∈ N(A); then
       // y = (AᴴA + λ²I)⁺x̄ = argmin ‖Ay − p‖² + λ²‖y‖² + q/λ², the last term only for λ > 0.
-      const Vector<Scalar> p = run("backward: min |A^T p - xbar|", at, xbar, 0, nullptr, tol,
-                                   g.solves);
-      a.apply_adjoint(p, tmp);
-      const Vector<Scalar> q = xbar - tmp;
-      const bool null_part = g.solves.back().report.converged() &&
-                             above_noise(q.norm(), xbar.norm(), g.solves.back().report.anorm,
-                                         p.norm(), tol);
+      const auto [p, q, null_part] = split("backward: min |A^T p - xbar|", a, xbar, tol, g.solves);
       Vector<Scalar> y = run("backward: min |Ay - p|^2 + damp^2 |y|^2", a, p, lam, nullptr, tol,
                              g.solves);
       g.b.resize(m);
@@ -275,8 +268,9 @@ class LeastSquares {
       // Wide (G6): b̄ = (AAᴴ + λ²I)⁺ A x̄ directly; s = x̄ − Aᴴb̄ = λ²y; Ā = z sᴴ − b̄ xᴴ.
       g.b = run("backward: min |A^T c - xbar|^2 + damp^2 |c|^2", at, xbar, lam, nullptr, tol,
                 g.solves);
-      a.apply_adjoint(g.b, tmp);
-      Vector<Scalar> s = xbar - tmp;
+      Vector<Scalar> s(n);
+      a.apply_adjoint(g.b, s);
+      s = xbar - s;
       const Vector<Scalar>& z = dual(f, g.solves);
       g.damp = -2 * lam * std::real(z.dot(g.b));
       g.a_terms.emplace_back(z, std::move(s));
@@ -343,20 +337,14 @@ class LeastSquares {
       // ẋ = argmin ‖Ax' − (c + p)‖² + λ²‖x'‖² + q/λ².
       Vector<Scalar> w = (-2 * lam * dlam) * f.x;
       if (t.theta) w += ad_r;
+      std::optional<Vector<Scalar>> q;
       if (w.squaredNorm() > 0) {
-        const Vector<Scalar> p = run("jvp: min |A^T p - w|", at, w, 0, nullptr, tol, out.solves);
-        Vector<Scalar> q(n);
-        a.apply_adjoint(p, q);
-        q = w - q;
-        const bool null_part = out.solves.back().report.converged() &&
-                               above_noise(q.norm(), w.norm(), out.solves.back().report.anorm,
-                                           p.norm(), tol);
-        c += p;
-        out.x = run("jvp: min |Ax' - c|^2 + damp^2 |x'|^2", a, c, lam, nullptr, tol, out.solves);
-        if (null_part) out.x += q / (lam * lam);  // (G10)
-        return out;
+        auto parts = split("jvp: min |A^T p - w|", a, w, tol, out.solves);
+        c += parts.p;
+        if (parts.null_part) q = std::move(parts.q);
       }
       out.x = run("jvp: min |Ax' - c|^2 + damp^2 |x'|^2", a, c, lam, nullptr, tol, out.solves);
+      if (q) out.x += *q / (lam * lam);  // (G10)
       return out;
     }
     // Wide, or λ = 0 (or below what λ² can hold) (G8): with the dual z (x = Aᴴz, r = λ²z),
@@ -413,6 +401,25 @@ class LeastSquares {
                           const Tolerances<Real>& tol) {
     constexpr Real eps = std::numeric_limits<Real>::epsilon();
     return norm > std::max(tol.btol, eps) * rhs_norm + std::max(tol.atol, eps) * anorm * sol_norm;
+  }
+
+  /// (G5): v = Aᴴp + q with p = argmin ‖Aᴴp − v‖ (minimum-norm, one undamped solve) and
+  /// q = v − Aᴴp, the part of v in N(A); null_part says whether q passes the test of (G10).
+  struct Split {
+    Vector<Scalar> p, q;
+    bool null_part;
+  };
+  template <LinearOperator Op>
+  Split split(const char* role, const Op& a, Eigen::Ref<const Vector<Scalar>> v,
+              const Tolerances<Real>& tol, std::vector<SolveRecord<Real>>& log) {
+    Split s{run(role, AdjointOperator<Op>(a), v, 0, nullptr, tol, log), Vector<Scalar>(v.size()),
+            false};
+    a.apply_adjoint(s.p, s.q);
+    s.q = v - s.q;
+    const Report<Real>& report = log.back().report;
+    s.null_part = report.converged() &&
+                  above_noise(s.q.norm(), v.norm(), report.anorm, s.p.norm(), tol);
+    return s;
   }
 
   /// The largest relative tolerance of the forward and backward solves (at least ε).

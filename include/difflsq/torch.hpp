@@ -85,6 +85,13 @@ decltype(auto) dispatch(torch::ScalarType t, F&& f) {
   }
 }
 
+/// v's memory as a 1-D tensor (no copy; read-only use only).
+template <class Scalar>
+torch::Tensor view_tensor(Eigen::Ref<const Vector<Scalar>> v) {
+  return torch::from_blob(const_cast<Scalar*>(v.data()), {v.size()},
+                          torch::TensorOptions().dtype(torch_dtype<Scalar>()));
+}
+
 /// A copy of v as a 1-D tensor.
 template <class Scalar>
 torch::Tensor to_tensor(Eigen::Ref<const Vector<Scalar>> v) {
@@ -174,7 +181,7 @@ class TorchCallable {
   Index cols() const { return n_; }
   void apply(Eigen::Ref<const Vector<Scalar>> x, Eigen::Ref<Vector<Scalar>> y) const {
     torch::NoGradGuard off;
-    const auto out = call(to_tensor<Scalar>(x), params_);
+    const auto out = call(view_tensor<Scalar>(x), params_);  // fn must not modify v
     y = Eigen::Map<const Vector<Scalar>>(data<Scalar>(out), m_);
   }
   void apply_adjoint(Eigen::Ref<const Vector<Scalar>> u, Eigen::Ref<Vector<Scalar>> v) const {
@@ -183,7 +190,7 @@ class TorchCallable {
       return;
     }
     torch::AutoGradMode on(true);
-    const auto g = torch::autograd::grad({out0_}, {v0_}, {to_tensor<Scalar>(u)},
+    const auto g = torch::autograd::grad({out0_}, {v0_}, {view_tensor<Scalar>(u)},
                                          /*retain_graph=*/true, /*create_graph=*/false,
                                          /*allow_unused=*/true)[0];
     if (g.defined()) v = Eigen::Map<const Vector<Scalar>>(data<Scalar>(dense(g)), n_);

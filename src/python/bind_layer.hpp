@@ -7,7 +7,11 @@
 // compile in parallel).
 #pragma once
 
+#include <cstddef>
 #include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
 
 #include "bindings.hpp"
 
@@ -50,12 +54,23 @@ struct ConvolutionForward {
       : op(kernel, n, mode) {}
 };
 
+/// The value named `name` among `choices` (what: the option's name, for the error).
+template <class E, std::size_t N>
+E choose(const char* what, const std::string& name,
+         const std::pair<const char*, E> (&choices)[N]) {
+  std::string known;
+  for (const auto& [key, value] : choices) {
+    if (name == key) return value;
+    known += std::string(known.empty() ? "'" : ", '") + key + "'";
+  }
+  throw std::invalid_argument(std::string("difflsq: ") + what + " must be one of " + known +
+                              ", got '" + name + "'");
+}
+
 ConvolutionMode convolution_mode(const std::string& name) {
-  if (name == "full") return ConvolutionMode::Full;
-  if (name == "same") return ConvolutionMode::Same;
-  if (name == "valid") return ConvolutionMode::Valid;
-  throw std::invalid_argument("difflsq: convolution mode must be 'full', 'same' or 'valid', got '" +
-                              name + "'");
+  return choose<ConvolutionMode>("convolution mode", name, {{"full", ConvolutionMode::Full},
+                                                            {"same", ConvolutionMode::Same},
+                                                            {"valid", ConvolutionMode::Valid}});
 }
 
 template <class Scalar>
@@ -74,19 +89,14 @@ py::list records(const std::vector<SolveRecord<Real>>& solves) {
 }
 
 FailurePolicy policy(const std::string& name) {
-  if (name == "raise") return FailurePolicy::Raise;
-  if (name == "warn") return FailurePolicy::Warn;
-  if (name == "ignore") return FailurePolicy::Ignore;
-  throw std::invalid_argument("difflsq: on_failure must be 'raise', 'warn' or 'ignore', got '" +
-                              name + "'");
+  return choose<FailurePolicy>("on_failure", name, {{"raise", FailurePolicy::Raise},
+                                                    {"warn", FailurePolicy::Warn},
+                                                    {"ignore", FailurePolicy::Ignore}});
 }
 
 Method method_of(const std::string& name) {
-  if (name == "lsqr") return Method::Lsqr;
-  if (name == "lsmr") return Method::Lsmr;
-  if (name == "cgls") return Method::Cgls;
-  throw std::invalid_argument("difflsq: method must be 'lsqr', 'lsmr' or 'cgls', got '" + name +
-                              "'");
+  return choose<Method>("method", name,
+                        {{"lsqr", Method::Lsqr}, {"lsmr", Method::Lsmr}, {"cgls", Method::Cgls}});
 }
 
 template <class Op>
