@@ -156,6 +156,12 @@ inline void check_b_and_damp(const torch::Tensor& b, const torch::Tensor& damp, 
   if (damp.numel() != 1) throw std::invalid_argument("difflsq::lstsq: damp must be a scalar");
 }
 
+/// t (rows) or (rows, k) as (rows, k), also when rows or k is 0 (where reshape({rows, -1})
+/// is ambiguous and throws).
+inline torch::Tensor as_columns(const torch::Tensor& t, int64_t rows) {
+  return t.reshape({rows, t.dim() == 1 ? 1 : t.size(1)});
+}
+
 inline void no_double_backward() {
   // The rules run on raw memory: their results are not differentiable again.
   if (torch::GradMode::is_enabled())
@@ -261,7 +267,7 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
                                const torch::Tensor& b, const torch::Tensor& damp,
                                const TorchLstsqOptions& options) {
     const auto ac = detail::dense(a);
-    const auto b2 = detail::dense(b.reshape({a.size(0), -1}));
+    const auto b2 = detail::dense(detail::as_columns(b, a.size(0)));
     torch::Tensor x, r, status, anorm;  // status: (status, iterations) per column
     detail::dispatch(a.scalar_type(), [&](auto s) {
       run_forward<decltype(s)>(ac, b2, damp, options, x, r, status, anorm);
@@ -285,7 +291,7 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
     detail::no_double_backward();
     const auto saved = ctx->get_saved_variables();
     const auto& a = saved[0];
-    const auto xbar = detail::dense(grads[0].reshape({a.size(1), -1}));
+    const auto xbar = detail::dense(detail::as_columns(grads[0], a.size(1)));
     torch::Tensor abar, bbar, dbar;
     detail::dispatch(a.scalar_type(), [&](auto s) {
       run_backward<decltype(s)>(ctx, saved, xbar, abar, bbar, dbar);
@@ -383,7 +389,7 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
                                const TorchOperator& fn, std::array<int64_t, 2> shape,
                                const TorchLstsqOptions& options) {
     const auto [m, n] = shape;
-    const auto b2 = detail::dense(b.reshape({m, -1}));
+    const auto b2 = detail::dense(detail::as_columns(b, m));
     torch::Tensor x;
     c10::intrusive_ptr<detail::CallableStateBase> state;
     detail::dispatch(b.scalar_type(), [&](auto s) {
@@ -420,7 +426,7 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
       using Scalar = decltype(s);
       auto& st = static_cast<detail::CallableState<Scalar>&>(*capsule);
       const Index m = st.op.rows(), n = st.op.cols();
-      const auto gt = detail::dense(grads[0].reshape({n, -1}).t());
+      const auto gt = detail::dense(detail::as_columns(grads[0], n).t());
       std::vector<Vector<Scalar>> bbars;
       std::vector<std::pair<Vector<Scalar>, Vector<Scalar>>> terms;
       double dsum = 0;
@@ -459,6 +465,7 @@ inline torch::Tensor lstsq(const torch::Tensor& a, const torch::Tensor& b,
 
 inline torch::Tensor lstsq(const torch::Tensor& a, const torch::Tensor& b, double damp = 0,
                            const TorchLstsqOptions& options = {}) {
+  detail::check_tensor(a, "A");
   return lstsq(a, b, torch::full({}, damp, a.options().dtype(c10::toRealValueType(a.scalar_type()))),
                options);
 }
@@ -485,6 +492,7 @@ inline torch::Tensor lstsq(const TorchOperator& fn, std::array<int64_t, 2> shape
                            const torch::Tensor& b, double damp = 0,
                            const std::vector<torch::Tensor>& params = {},
                            const TorchLstsqOptions& options = {}) {
+  detail::check_tensor(b, "b");
   return lstsq(fn, shape, b,
                torch::full({}, damp, b.options().dtype(c10::toRealValueType(b.scalar_type()))),
                params, options);

@@ -436,6 +436,20 @@ def test_double_backward_raises_a_clear_error():
     (g,) = torch.autograd.grad(x.sum(), A, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         g.sum().backward()
+    # The paths that reach the gradients through torch.autograd.grad, not through .backward():
+    # a Hessian with respect to b, and a gradient of Ā with respect to A. Neither may come back
+    # as zeros (b̄ depends on b through x̄ = 2x; Ā on A).
+    bb = b.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.functional.hessian(lambda v: (dt.lstsq(A, v, 0.1) ** 2).sum(), bb)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(g.sum(), A, allow_unused=True)
+    # First-order gradients taken with create_graph=True are still the exact ones.
+    gA, gb = torch.autograd.grad((dt.lstsq(A, bb, 0.1, **TIGHT) ** 2).sum(), (A, bb),
+                                 create_graph=True)
+    rA, rb = torch.autograd.grad((dense_reference(A, bb, 0.1) ** 2).sum(), (A, bb))
+    assert torch.allclose(gA, rA, rtol=1e-8, atol=1e-10)
+    assert torch.allclose(gb, rb, rtol=1e-8, atol=1e-10)
 
 
 def test_inputs_are_not_modified():
@@ -464,3 +478,56 @@ def test_callable_with_a_non_tensor_parameter():
     W2 = (2.0 * W.detach()).requires_grad_()
     dt.lstsq(W2, b, 0.2, **TIGHT).sum().backward()
     assert torch.allclose(W.grad, 2.0 * W2.grad, rtol=1e-9)
+
+
+def test_forward_mode_with_a_callable_whose_params_have_no_tangent():
+    # torch hands a custom Function zeros for inputs without a tangent unless told otherwise;
+    # a callable's params without tangents must not be taken for params with one.
+    import torch.autograd.forward_ad as fwAD
+    g = torch.Generator().manual_seed(21)
+    W = torch.randn(7, 4, dtype=F64, generator=g)
+    b, bdot = torch.randn(7, dtype=F64, generator=g), torch.randn(7, dtype=F64, generator=g)
+    with fwAD.dual_level():
+        x = dt.lstsq(lambda v, W: W @ v, fwAD.make_dual(b, bdot), 0.2, params=(W,), shape=(7, 4),
+                     **TIGHT)
+        xdot = fwAD.unpack_dual(x).tangent
+    ref = torch.linalg.solve(W.T @ W + 0.04 * torch.eye(4, dtype=F64), W.T @ bdot)
+    assert torch.allclose(xdot, ref, rtol=1e-9, atol=1e-12)
+    # A tangent on the params themselves is refused clearly.
+    with fwAD.dual_level(), pytest.raises(NotImplementedError, match="params of a callable"):
+        dt.lstsq(lambda v, W: W @ v, b, 0.2, params=(fwAD.make_dual(W, torch.ones_like(W)),),
+                 shape=(7, 4))
+
+
+def test_a_callable_that_is_not_linear_is_refused():
+    g = torch.Generator().manual_seed(22)
+    P = torch.randn(6, 4, dtype=F64, generator=g)
+    b = torch.randn(6, dtype=F64, generator=g)
+    c = torch.ones(6, dtype=F64)
+    for fn, what in [(lambda v: P @ v + c, "A\\(0\\) is not 0"), (lambda v: P @ v ** 2, "dot test"),
+                     (lambda v: torch.tanh(P @ v), "dot test")]:
+        with pytest.raises(ValueError, match=what):
+            dt.lstsq(fn, b, 0.1, shape=(6, 4))
+    with pytest.raises(TypeError, match="returned dtype torch.float32"):
+        dt.lstsq(lambda v: (P @ v).float(), b, 0.1, shape=(6, 4))
+    # The check draws from its own generator: torch's global state is untouched.
+    state = torch.get_rng_state()
+    dt.lstsq(lambda v: P @ v, b, 0.1, shape=(6, 4))
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_non_finite_A_is_refused_whatever_the_policy():
+    A = torch.randn(6, 4, dtype=F64)
+    A[2, 1] = float("nan")
+    for policy in ("raise", "ignore"):
+        with pytest.raises(ValueError, match="A is not finite"):
+            dt.lstsq(A, torch.ones(6, dtype=F64), 0.1, on_failure=policy)
+
+
+def test_negative_views_are_read_as_their_values():
+    z = torch.randn(6, 4, dtype=torch.complex128, generator=torch.Generator().manual_seed(23))
+    bz = torch.randn(6, dtype=torch.complex128, generator=torch.Generator().manual_seed(24))
+    A, b = z.conj().imag, bz.conj().imag  # negative-bit views
+    assert A.is_neg() and b.is_neg()
+    x = dt.lstsq(A, b, 0.1, **TIGHT)
+    assert torch.allclose(x, dense_reference(A.clone(), b.clone(), 0.1), rtol=1e-10)

@@ -266,3 +266,36 @@ DOCTEST_TEST_CASE("LibTorch layer: a callable A(theta), gradients reach its para
   xf.sum().backward();
   DOCTEST_CHECK(close(af.grad().to(torch::kDouble), a2.grad(), 1e-3, 1e-4));
 }
+
+DOCTEST_TEST_CASE("LibTorch layer: empty problems (m = 0 or n = 0) give empty or zero results") {
+  const auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  const difflsq::TorchOperator zero_map = [](const torch::Tensor& v,
+                                             const std::vector<torch::Tensor>& p) {
+    return p[0].narrow(0, 0, 0).sum() * v.narrow(0, 0, 0);  // m = 0 outputs, linear in v
+  };
+  for (const auto& [m, n] : {std::pair<int64_t, int64_t>{0, 3}, {4, 0}}) {
+    for (const bool matrix_b : {false, true}) {
+      DOCTEST_CAPTURE(m);
+      DOCTEST_CAPTURE(n);
+      DOCTEST_CAPTURE(matrix_b);
+      auto a = torch::zeros({m, n}, opts).requires_grad_(true);
+      auto b = (matrix_b ? torch::ones({m, 2}, opts) : torch::ones({m}, opts)).requires_grad_(true);
+      auto x = difflsq::lstsq(a, b, 0.1);
+      DOCTEST_CHECK(x.size(0) == n);
+      DOCTEST_CHECK(torch::all(x == 0).item<bool>());  // x = 0: A = 0 (or no equations)
+      x.sum().backward();
+      DOCTEST_CHECK(a.grad().sizes() == a.sizes());
+      DOCTEST_CHECK(b.grad().sizes() == b.sizes());
+      DOCTEST_CHECK(torch::isfinite(a.grad()).all().item<bool>());
+      if (m == 0) {  // the same through a callable
+        auto k = torch::ones({2}, opts).requires_grad_(true);
+        auto bc = matrix_b ? torch::ones({0, 2}, opts) : torch::ones({0}, opts);
+        auto xc = difflsq::lstsq(zero_map, {0, n}, bc, 0.1, {k});
+        DOCTEST_CHECK(xc.size(0) == n);
+        DOCTEST_CHECK(torch::all(xc == 0).item<bool>());
+      }
+    }
+  }
+  DOCTEST_CHECK_THROWS_WITH_AS(difflsq::lstsq(torch::Tensor(), torch::ones({2}, opts), 0.1),
+                               doctest::Contains("A"), std::invalid_argument);
+}

@@ -52,7 +52,7 @@ def _check_device(name, t):
 
 
 def _numpy(t):
-    return t.detach().resolve_conj().contiguous().numpy()
+    return t.detach().resolve_conj().resolve_neg().contiguous().numpy()
 
 
 def _ncols(t):
@@ -90,21 +90,25 @@ class _Lstsq(torch.autograd.Function):
                                                   damp_value) for j in range(B.shape[1])]
         cfg["info"]["forward"] = [f.report for f in fwds]
         ctx.cfg, ctx.fwds = cfg, fwds
+        # Absent tangents (forward mode) stay None instead of zeros: a zero Ȧ would cost
+        # solves, and a zero tangent of a callable's params is no tangent at all.
+        ctx.set_materialize_grads(False)
         # A is saved (its memory is what the C++ context reads) so that autograd's version
         # check catches an in-place change of A between forward and backward.
         # Non-tensor params are kept on ctx (save_for_backward takes tensors only).
         ctx.param_slots = [torch.is_tensor(p) for p in params]
         ctx.other_params = [p for p in params if not torch.is_tensor(p)]
-        ctx.save_for_backward(A, *[p for p in params if torch.is_tensor(p)])
+        ctx.save_for_backward(A, b, damp, *[p for p in params if torch.is_tensor(p)])
         X = _stack([torch.from_numpy(f.x) for f in fwds], n)
         return X.reshape((n,) + tuple(b.shape[1:])).to(dtype)
 
     @staticmethod
     def backward(ctx, grad_x):
-        create_graph = torch.is_grad_enabled()
-        with torch.no_grad():
-            grads = _Lstsq._backward(ctx, grad_x.detach())
-        return _no_double_backward(grads) if create_graph else grads
+        if grad_x is None:  # not materialized: no gradient flows
+            return (None,) * (4 + len(ctx.param_slots))
+        if torch.is_grad_enabled():  # create_graph=True: the gradients become a graph node
+            return _Gradients.apply(ctx, grad_x, *ctx.saved_tensors)
+        return _Lstsq._backward(ctx, grad_x)
 
     @staticmethod
     def _backward(ctx, grad_x):
@@ -135,7 +139,7 @@ class _Lstsq(torch.autograd.Function):
         grad_A = abar.to(dtype) if needs[1] else None
         grad_b = _stack(grad_b_cols, m).reshape((m,) + tuple(grad_x.shape[1:])).to(dtype)
         grad_damp_t = torch.tensor(grad_damp, dtype=_real(dtype)) if needs[3] else None
-        tensors, others = iter(ctx.saved_tensors[1:]), iter(ctx.other_params)
+        tensors, others = iter(ctx.saved_tensors[3:]), iter(ctx.other_params)
         params = [next(tensors) if is_tensor else next(others) for is_tensor in ctx.param_slots]
         grad_params = [None] * len(params)
         want = [i for i, p in enumerate(params) if needs[4 + i]]
@@ -174,37 +178,43 @@ class _Lstsq(torch.autograd.Function):
         return out.reshape((n,) + tuple(cfg["b_shape"][1:])).to(cfg["dtype"])
 
 
-_DOUBLE_BACKWARD = (b"difflsq.torch.lstsq does not support double backward (differentiating "
-                    b"its gradients); the first-order gradients are exact")
+_DOUBLE_BACKWARD = ("difflsq.torch.lstsq does not support double backward (differentiating "
+                    "its gradients, e.g. a Hessian or a gradient penalty); the first-order "
+                    "gradients are exact")
 
 
-def _no_double_backward(grads):
-    """With create_graph=True, return gradients whose own backward raises a clear error
-    (the first-order values are unchanged), as torch's once_differentiable does."""
-    tensors = [g for g in grads if torch.is_tensor(g)]
-    if not tensors:
-        return grads
-    err = torch._C._functions.DelayedError(_DOUBLE_BACKWARD, len(tensors))
-    wrapped = err(*[g.detach().requires_grad_() for g in tensors])
-    if torch.is_tensor(wrapped):
-        wrapped = (wrapped,)
-    it = iter(wrapped)
-    return tuple(next(it) if torch.is_tensor(g) else g for g in grads)
+class _Gradients(torch.autograd.Function):
+    """The first-order gradients under create_graph=True, as a node whose inputs are the
+    cotangent x̄ and the saved A, b, damp and params: differentiating the gradients reaches
+    this node, whose backward raises. (torch's once_differentiable hangs its error on detached
+    copies instead, so a Hessian with respect to b or A came out as zeros, silently.)"""
+
+    @staticmethod
+    def forward(ctx, lstsq_ctx, grad_x, *saved):
+        with torch.no_grad():
+            return _Lstsq._backward(lstsq_ctx, grad_x.detach())  # one entry per input of _Lstsq
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(_DOUBLE_BACKWARD)
 
 
 def _callbacks(op, params, m, n, dtype):
     """matvec and rmatvec (NumPy in, NumPy out) for A(v, *params); Aᵀu by autograd through one
-    application of A at v = 0 (valid for every u since A is linear in v)."""
+    application of A at v = 0 (valid for every u since A is linear in v). Checks linearity
+    first: A(0) = 0 and the dot test ⟨u, A v⟩ = ⟨Aᵀu, v⟩ for one random pair (two products),
+    so that an affine or nonlinear callable is an error, not a silently wrong solution."""
     detached = [p.detach() if torch.is_tensor(p) else p for p in params]
+    what = "A(v, *params)"
 
     def matvec(v):
         with torch.no_grad():
             y = op(torch.from_numpy(v), *detached)
-        return _as_output(y, m, "A(v, *params)").numpy()
+        return _as_output(y, m, what, dtype).numpy()
 
     v0 = torch.zeros(n, dtype=dtype, requires_grad=True)
     with torch.enable_grad():
-        out0 = _as_output(op(v0, *detached), m, "A(v, *params)")
+        out0 = _as_output(op(v0, *detached), m, what, dtype)
 
     def rmatvec(u):
         if not out0.requires_grad:  # A does not depend on v at all: A = 0
@@ -213,16 +223,40 @@ def _callbacks(op, params, m, n, dtype):
                                    retain_graph=True, allow_unused=True)
         return np.zeros(n, dtype=u.dtype) if g is None else _numpy(g)
 
+    if m and n:
+        _check_linear(matvec, rmatvec, out0, m, n, dtype)
     return matvec, rmatvec
 
 
-def _as_output(y, m, what):
+def _check_linear(matvec, rmatvec, out0, m, n, dtype):
+    if not torch.isfinite(out0).all() or out0.abs().max() > 0:
+        raise ValueError("difflsq.torch: A(v, *params) must be linear in v, but A(0) is not 0 "
+                         "(an affine map, or non-finite params?)")
+    rng = np.random.default_rng(20260521)  # its own generator: torch's and NumPy's stay as they were
+    np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+    v, u = rng.standard_normal(n), rng.standard_normal(m)
+    if dtype.is_complex:
+        v, u = v + 1j * rng.standard_normal(n), u + 1j * rng.standard_normal(m)
+    v, u = v.astype(np_dtype), u.astype(np_dtype)
+    av, atu = matvec(v), rmatvec(u)
+    lhs, rhs = np.vdot(u, av), np.vdot(atu, v)  # ⟨u, A v⟩ and ⟨Aᴴu, v⟩
+    scale = np.linalg.norm(u) * np.linalg.norm(av) + np.linalg.norm(atu) * np.linalg.norm(v)
+    if not abs(lhs - rhs) <= 10 * np.sqrt(np.finfo(np_dtype).eps) * scale:
+        raise ValueError(f"difflsq.torch: A(v, *params) must be linear in v, but the dot test "
+                         f"fails: <u, A v> = {complex(lhs):.6g}, <A^H u, v> = {complex(rhs):.6g} "
+                         f"for random u, v (A^H u by autograd at v = 0)")
+
+
+def _as_output(y, m, what, dtype):
     if not torch.is_tensor(y):
         raise TypeError(f"difflsq.torch: {what} must return a tensor, got {type(y).__name__}")
     _check_device(what, y)
     if y.numel() != m:
         raise ValueError(f"difflsq.torch: {what} returned {y.numel()} values, expected {m}")
-    return y.reshape(-1).resolve_conj()
+    if y.dtype != dtype:
+        raise TypeError(f"difflsq.torch: {what} returned dtype {y.dtype}, expected {dtype} "
+                        f"(that of b)")
+    return y.reshape(-1).resolve_conj().resolve_neg()
 
 
 def _parameter_gradients(op, params, want, terms, dtype):
@@ -295,8 +329,8 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
         The tensors a callable A depends on; they receive gradients.
     method : "lsmr", "lsqr" or "cgls"
     atol, btol, conlim, maxiter :
-        Stopping rules of the forward solve (SciPy's meaning; maxiter None: the method's
-        default).
+        Stopping rules of the forward solve (SciPy's meaning; maxiter None: 4 x min(m, n), at
+        least 20, where SciPy's default min(m, n) stops ordinary problems short).
     backward_tol : tuple (atol, btol, conlim, maxiter) or None
         Stopping rules of the backward solves; None: the forward ones. Their maxiter None
         (or 0): max(2 x the forward iterations, the method's default for max(m, n)).
@@ -329,6 +363,8 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
         source = "A"
         op = None
         _check_device("A", A)
+        if not torch.isfinite(A).all():
+            raise ValueError("difflsq.torch: A is not finite (it has NaN or Inf entries)")
     elif isinstance(A, Convolution1d):
         if shape is not None and tuple(shape) != A.shape:
             raise ValueError(f"difflsq.torch: shape={tuple(shape)} but the convolution has "
