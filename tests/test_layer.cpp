@@ -4,6 +4,7 @@
 
 #include <Eigen/Dense>
 #include <difflsq/difflsq.hpp>
+#include <algorithm>
 #include <cmath>
 #include <complex>
 #include <random>
@@ -110,6 +111,15 @@ DMat<S> convolution_matrix(const DVec<S>& k, Index n, ConvolutionMode mode) {
 static_assert(ParameterizedOperator<Convolution<double>>);
 static_assert(ParameterizedOperator<Convolution<std::complex<float>>>);
 static_assert(ParameterizedOperator<MatrixParameters<Mat>>);
+
+/// The (total − |skip|) × total matrix S that keeps the indices not in skip: B S has zero
+/// columns there and Sᵀ B zero rows, so the null space is exact in floating point.
+Mat selection(Index total, std::initializer_list<Index> skip) {
+  Mat s = Mat::Zero(total - Index(skip.size()), total);
+  for (Index j = 0, k = 0; j < total; ++j)
+    if (std::find(skip.begin(), skip.end(), j) == skip.end()) s(k++, j) = 1;
+  return s;
+}
 
 struct Case {
   const char* name;
@@ -251,10 +261,7 @@ TEST_CASE("layer: tiny damping of a rank-deficient tall A at default tolerances"
   // selects B's 27 columns into 30), so that its null space is exact in floating point: an
   // A = UΣVᵀ with zero σ has σ ≈ 1e-15 instead, and σ/λ² would make b̄ ill-defined.
   const KnownSvdProblem<double> p(60, 27, spread(27, 10.0), 61u);
-  const Index zero_cols[] = {5, 17, 29};
-  Mat sel = Mat::Zero(27, 30);
-  for (Index j = 0, k = 0; j < 30; ++j)
-    if (j != zero_cols[0] && j != zero_cols[1] && j != zero_cols[2]) sel(k++, j) = 1;
+  const Mat sel = selection(30, {5, 17, 29});
   const Mat a = p.a * sel;
   std::mt19937_64 gen(62);
   const Vec xbar = test::random_vector<double>(30, gen), db = test::random_vector<double>(60, gen);
@@ -307,9 +314,7 @@ TEST_CASE("layer: wide rank-deficient A, b outside range(A), tiny damping: λ̄ 
   // the jvp's right-hand side c − 2λλ̇z (G9): with a tiny λ its rounding alone is O(1).
   const KnownSvdProblem<double> p(27, 60, spread(27, 10.0), 71u);
   const Index zero_rows[] = {3, 11, 28};
-  Mat sel = Mat::Zero(27, 30);
-  for (Index i = 0, k = 0; i < 30; ++i)
-    if (i != zero_rows[0] && i != zero_rows[1] && i != zero_rows[2]) sel(k++, i) = 1;
+  const Mat sel = selection(30, {zero_rows[0], zero_rows[1], zero_rows[2]});
   const Mat a = sel.transpose() * p.a;
   std::mt19937_64 gen(72);
   Vec b = sel.transpose() * p.b;
