@@ -320,7 +320,9 @@ TEST_CASE("layer: wide rank-deficient A, b outside range(A), tiny damping: λ̄ 
   Vec b = sel.transpose() * p.b;
   for (const Index i : zero_rows) b[i] = 1.0 + double(i) / 10;
   const Vec xbar = test::random_vector<double>(60, gen);
-  for (const double lam : {1e-6, 1e-8, 1e-10}) {
+  // λ ≥ 1e-3: z from (G13), with its part r_N/λ² (the jvp's tolerance scaling keeps that part
+  // from stopping its solve early: ẋ was 66% wrong at 1e-3 without it); smaller λ: (G9).
+  for (const double lam : {1e-1, 1e-3, 1e-6, 1e-8, 1e-10}) {
     CAPTURE(lam);
     // (BᵀB + λ²I)⁻¹ on range(Bᵀ) = V(Σ² + λ²)⁻¹Vᵀ; x lies there, so λ̄ and ẋ need no more.
     auto range_inverse = [&](const Vec& g) {
@@ -348,14 +350,13 @@ TEST_CASE("layer: wide rank-deficient A, b outside range(A), tiny damping: λ̄ 
 }
 
 TEST_CASE("layer: a dual solve that did not converge is reported by every rule that reuses it") {
-  // Wide, cond(A) = 1e6, weak damping: the forward solve converges quickly but the undamped
-  // dual solve (G9) reaches its iteration limit. Under Warn, backward warns and keeps z; a
-  // later jvp on the same forward pass must report that solve again, not claim success.
+  // Wide, cond(A) = 1e6, backward solves limited to 3 iterations: the dual solve (G13) stops
+  // short. With x̄ = 0 and θ̇ = 0 the other solves converge at once. Under Warn, backward warns
+  // and keeps z; a later jvp on the same forward pass must report that solve again, not claim
+  // success.
   const KnownSvdProblem<double> p(20, 40, spread(20, 1e6), 81u);
-  std::mt19937_64 gen(82);
-  const Vec xbar = test::random_vector<double>(40, gen);
-  const Mat da = test::random_matrix<double>(20, 40, gen);
   LeastSquaresOptions<double> o{.method = Method::Lsmr};
+  o.backward = Tolerances<double>{.max_iterations = 3};
   std::vector<std::string> warnings;
   o.on_failure = FailurePolicy::Warn;
   o.warn = [&](const std::string& s) { warnings.push_back(s); };
@@ -363,14 +364,68 @@ TEST_CASE("layer: a dual solve that did not converge is reported by every rule t
   auto op = parameterized(p.a);
   auto fwd = layer.forward(op, p.b, 1e4);
   REQUIRE(fwd.report.converged());
-  const auto g = layer.backward(fwd, xbar);
+  const auto g = layer.backward(fwd, Vec::Zero(40));
   REQUIRE(!g.converged());
   REQUIRE(warnings.size() == 1);
-  const Vec theta_dot = Eigen::Map<const Vec>(da.data(), da.size());
-  const auto t = layer.jvp(fwd, {.theta = theta_dot});
+  CHECK(warnings[0].find("dual") != std::string::npos);
+  const auto t = layer.jvp(fwd, {.theta = Vec::Zero(20 * 40)});
   CHECK(!t.converged());
   CHECK(warnings.size() == 2);
   CHECK(std::string(t.solves.front().role).find("dual") != std::string::npos);
+}
+
+TEST_CASE("layer: wide ill-conditioned A, weak damping: the dual is as well conditioned as (1)") {
+  // cond(A) = 1e6 and λ = 1e-2‖A‖: the damped problem has cond about 100 and the forward solve
+  // takes some 13 iterations, while z_R = (Aᵀ)⁺x by an undamped solve (G9) needs cond(A) and
+  // reached its iteration limit (SolveError by default). (G13) takes z from [A λI] w = b.
+  const KnownSvdProblem<double> p(20, 40, spread(20, 1e6), 81u);
+  const double lam = 1e4;
+  std::mt19937_64 gen(82);
+  const Vec xbar = test::random_vector<double>(40, gen);
+  const DenseGradients ref = dense_gradients(p.a, p.b, lam, xbar);
+  Vec coef = p.u.transpose() * p.b;  // ẋ along λ̇ = 1: V diag(−2λσ/(σ² + λ²)²) Uᵀb
+  for (Index i = 0; i < coef.size(); ++i) {
+    const double s = p.sigma[i], d = s * s + lam * lam;
+    coef[i] *= -2 * lam * s / (d * d);
+  }
+  const Vec xdot = p.v * coef;
+  for (Method method : kMethods) {
+    CAPTURE(name(method));
+    LeastSquares<double> layer({.method = method});  // default tolerances 1e-6, policy Raise
+    auto op = parameterized(p.a);
+    auto fwd = layer.forward(op, p.b, lam);
+    const auto g = layer.backward(fwd, xbar);
+    CHECK(g.converged());
+    REQUIRE(g.solves.size() == 2);
+    CHECK(std::string(g.solves[1].role).find("dual") != std::string::npos);
+    CHECK(g.solves[1].report.iterations < 2 * fwd.report.iterations);
+    CHECK(rel(a_bar(g, 20, 40), ref.a) < 1e-4);  // measured 1e-6
+    CHECK(rel(g.b, ref.b) < 1e-4);                // 2e-5, the forward solve's level
+    CHECK(std::abs(g.damp - ref.lam) < 1e-3 * std::abs(ref.lam));  // 1e-4
+    const auto t = layer.jvp(fwd, {.damp = 1.0});
+    CHECK(t.converged());
+    CHECK(test::relative_error(t.x, xdot) < 1e-4);  // 2e-6
+  }
+}
+
+TEST_CASE("layer: the forward solve's default iteration limit lets ordinary problems converge") {
+  // Random square problems take up to 1.7·min(m, n) iterations in floating point; LSMR's
+  // SciPy default min(m, n) stopped all of these, the layer's default 4·min(m, n) does not.
+  Index most = 0;
+  for (unsigned seed = 0; seed < 5; ++seed) {
+    std::mt19937_64 gen(90 + seed);
+    const Mat a = test::random_matrix<double>(100, 100, gen);
+    const Vec b = test::random_vector<double>(100, gen);
+    LeastSquares<double> layer({.method = Method::Lsmr});
+    auto op = parameterized(a);
+    const auto fwd = layer.forward(op, b, 0.0);
+    CHECK(fwd.report.converged());
+    CHECK(fwd.report.iterations <= 400);
+    // Square and nonsingular: test 1 met, so ‖b − Ax‖ ≤ btol‖b‖ + atol‖A‖‖x‖ (1e-6 each).
+    CHECK((b - a * fwd.x).norm() <= 2e-6 * (b.norm() + a.norm() * fwd.x.norm()));
+    most = std::max(most, fwd.report.iterations);
+  }
+  CHECK(most > 100);
 }
 
 TEST_CASE("layer: undamped rank-deficient A, derivative along rank-preserving directions") {
@@ -495,6 +550,45 @@ TEST_CASE("layer: forward mode with only some tangents, and undamped rank-defici
     const auto tq = layer.jvp(qf, {.theta = theta_dot});
     CHECK(tq.converged());
     CHECK(test::relative_error(tq.x, fd_direction(q.a, q.b, 0, da, Vec::Zero(c.m), 0)) < 1e-6);
+  }
+}
+
+TEST_CASE("layer: forward mode with Ȧ given by its products, for any operator") {
+  // Tangents::a_dot / a_dot_adjoint (what the PyTorch layer passes for a callable's params)
+  // against θ̇ through MatrixParameters and finite differences: tall, wide, λ = 0 and λ > 0.
+  std::mt19937_64 gen(29);
+  for (const Case& c : {Case{"tall", 9, 5, 5, 0.2}, Case{"tall", 9, 5, 5, 0.0},
+                        Case{"wide", 5, 9, 5, 0.2}, Case{"wide", 5, 9, 5, 0.0}}) {
+    const std::string case_name = c.name + std::string(" damp ") + std::to_string(c.lam);
+    CAPTURE(case_name);
+    const KnownSvdProblem<double> q(c.m, c.n, spread(5, 10.0), 31u);
+    const Mat da = test::random_matrix<double>(c.m, c.n, gen);
+    const Vec db = test::random_vector<double>(c.m, gen);
+    LeastSquares<double> layer(tight(Method::Lsqr));
+    const Mat a = q.a;
+    auto cb = make_operator(
+        c.m, c.n, [&](Eigen::Ref<const Vec> v, Eigen::Ref<Vec> y) { y = a * v; },
+        [&](Eigen::Ref<const Vec> u, Eigen::Ref<Vec> v) { v = a.transpose() * u; });
+    auto f = layer.forward(cb, q.b, c.lam);
+    Tangents<double> t{.b = db, .damp = 0.5};
+    t.a_dot = [&](Eigen::Ref<const Vec> v, Eigen::Ref<Vec> y) { y = da * v; };
+    t.a_dot_adjoint = [&](Eigen::Ref<const Vec> u, Eigen::Ref<Vec> v) { v = da.transpose() * u; };
+    const auto tc = layer.jvp(f, t);
+    CHECK(tc.converged());
+    const Vec fd = fd_direction(q.a, q.b, c.lam, da, db, c.lam > 0 ? 0.5 : 0.0);
+    CHECK(test::relative_error(tc.x, fd) < 1e-6);
+    auto op = parameterized(q.a);
+    auto fp = layer.forward(op, q.b, c.lam);
+    const auto tp = layer.jvp(fp, {.theta = Vec(Eigen::Map<const Vec>(da.data(), da.size())),
+                                   .b = db, .damp = 0.5});
+    CHECK(test::relative_error(tc.x, tp.x) < 1e-9);
+    // Both products or neither, and not with θ̇.
+    Tangents<double> half{.b = db};
+    half.a_dot = t.a_dot;
+    CHECK_THROWS_AS((void)layer.jvp(f, half), std::invalid_argument);
+    Tangents<double> both = t;
+    both.theta = Vec::Zero(c.m * c.n);
+    CHECK_THROWS_AS((void)layer.jvp(fp, both), std::invalid_argument);
   }
 }
 
@@ -709,6 +803,27 @@ TEST_CASE("layer: failure policy for solves that do not converge") {
     CHECK(f.report.status == Status::IterationLimit);
     const auto g = layer.backward(f, xbar);
     CHECK(g.solves[0].report.status == Status::IterationLimit);
+  }
+  {
+    // Backward and jvp solves that converge do not make gradients of an unconverged forward
+    // pass converged.
+    LeastSquaresOptions<double> o2{.method = Method::Lsmr, .on_failure = FailurePolicy::Ignore};
+    o2.forward.max_iterations = 2;
+    o2.backward = Tolerances<double>{};  // else the forward limit of 2
+    LeastSquares<double> layer(o2);
+    const KnownSvdProblem<double> w(30, 20, spread(20, 10.0), 9u);  // cond 10: backward converges
+    auto wop = parameterized(w.a);
+    auto f = layer.forward(wop, w.b, 0.1);
+    REQUIRE(!f.report.converged());
+    const auto g = layer.backward(f, xbar);
+    CHECK(all_converged(g.solves));
+    CHECK(!g.forward_converged);
+    CHECK(!g.converged());
+    const auto t = layer.jvp(f, {.b = w.b});
+    CHECK(all_converged(t.solves));
+    CHECK(!t.converged());
+    f.report.status = Status::ResidualSmall;  // the same context, had the forward converged
+    CHECK(layer.backward(f, xbar).converged());
   }
   {
     LeastSquaresOptions<double> raise = tight(Method::Lsmr);

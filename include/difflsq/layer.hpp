@@ -5,8 +5,8 @@
 //
 // without storing iterates: the derivative rules are least-squares solves of their own
 // (docs/gradients.md derives every formula used below; equation numbers (G…) refer to it):
-// one solve for λ > 0 with a tall A or strong damping (G12), else two (G5, G6), three for an
-// undamped rank-deficient A whose residual is not zero (G7).
+// one solve for λ > 0 with a tall A or strong damping (G12), else two (G5, G6, G13), three for
+// an undamped rank-deficient A whose residual is not zero (G7).
 //
 //     difflsq::LeastSquares<double> layer({.method = difflsq::Method::Lsmr});
 //     auto A = difflsq::parameterized(M);          // θ = entries of M
@@ -22,6 +22,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cstdio>
 #include <functional>
 #include <limits>
@@ -50,7 +51,11 @@ struct Tolerances {
   Real atol = Real(1e-6);
   Real btol = Real(1e-6);
   Real conlim = Real(1e8);
-  Index max_iterations = 0;  ///< ≤ 0: the method's default
+  /// ≤ 0: a default. Forward: the largest of 4·min(m, n), 20 and the method's (SciPy's)
+  /// default; SciPy's min(m, n) for LSMR stops ordinary problems short (measured: random
+  /// 100 × 100 problems take up to 1.7·min(m, n) iterations in floating point). Backward: see
+  /// LeastSquaresOptions::backward.
+  Index max_iterations = 0;
 };
 
 template <class Scalar>
@@ -126,15 +131,22 @@ struct Gradients {
   /// ∂L/∂A = Σ u vᴴ over these pairs, for operators whose parameters the caller handles.
   std::vector<std::pair<Vector<Scalar>, Vector<Scalar>>> a_terms;
   std::vector<SolveRecord<Real>> solves;  ///< the solves made, in order
-  bool converged() const { return all_converged(solves); }
+  /// Whether the forward solve these gradients differentiate converged: they are no more
+  /// accurate than its x and r.
+  bool forward_converged = true;
+  bool converged() const { return forward_converged && all_converged(solves); }
 };
 
 /// Forward mode: tangents of the inputs (absent = zero).
 template <class Scalar>
 struct Tangents {
+  using Product = std::function<void(Eigen::Ref<const Vector<Scalar>>, Eigen::Ref<Vector<Scalar>>)>;
   std::optional<Vector<Scalar>> theta{};  ///< θ̇ (ParameterizedOperator only)
   std::optional<Vector<Scalar>> b{};      ///< ḃ
   RealOf<Scalar> damp = 0;                ///< λ̇
+  /// Instead of θ̇, for any operator: Ȧ by its products, a_dot(v, y): y = Ȧv and
+  /// a_dot_adjoint(u, w): w = Ȧᴴu (both or neither), e.g. from an autodiff framework.
+  Product a_dot{}, a_dot_adjoint{};
 };
 
 template <class Scalar>
@@ -142,7 +154,8 @@ struct TangentResult {
   using Real = RealOf<Scalar>;
   Vector<Scalar> x;  ///< ẋ
   std::vector<SolveRecord<Real>> solves;
-  bool converged() const { return all_converged(solves); }
+  bool forward_converged = true;  ///< as in Gradients
+  bool converged() const { return forward_converged && all_converged(solves); }
 };
 
 namespace detail {
@@ -217,7 +230,8 @@ class LeastSquares {
     f.b = b;
     f.damp = damp;
     std::vector<SolveRecord<Real>> log;
-    f.x = run("forward: min |Ax - b|^2 + damp^2 |x|^2", a, b, damp, nullptr, opts_.forward, log);
+    f.x = run("forward: min |Ax - b|^2 + damp^2 |x|^2", a, b, damp, nullptr,
+              forward_tolerances(a.rows(), a.cols()), log);
     f.report = log.back().report;
     f.r.resize(a.rows());
     a.apply(f.x, f.r);
@@ -243,6 +257,7 @@ class LeastSquares {
     const Real lam = f.damp;
     const Tolerances<Real> tol = backward_tolerances(f);
     Gradients<Scalar> g;
+    g.forward_converged = f.report.converged();
     std::optional<Vector<Scalar>> w;
     if (m >= n ? stacked_ok(lam) : strongly_damped(f))
       w = normal_solve("backward: min-norm [A^T damp I] w = xbar", a, xbar, lam, tol, g.solves);
@@ -304,33 +319,49 @@ class LeastSquares {
                                   std::to_string(m));
     if (!std::isfinite(t.damp))
       throw std::invalid_argument(std::string(who) + "tangent of damp is not finite");
-    Vector<Scalar> ad_x, ad_r;  // Ȧx and Ȧᴴr
+    if (bool(t.a_dot) != bool(t.a_dot_adjoint) || (t.theta && t.a_dot))
+      throw std::invalid_argument(std::string(who) + "give a_dot and a_dot_adjoint together, " +
+                                  "and not with a tangent of theta");
     if (t.theta) {
       if constexpr (ParameterizedOperator<Op>) {
         if (t.theta->size() != a.parameter_count() || !t.theta->allFinite())
           throw std::invalid_argument(std::string(who) + "tangent of theta must be finite, of " +
                                       "length " + std::to_string(a.parameter_count()));
-        ad_x.resize(m);
-        ad_r.resize(n);
-        a.apply_derivative(*t.theta, f.x, ad_x);
-        a.apply_derivative_adjoint(*t.theta, f.r, ad_r);
       } else {
         throw std::invalid_argument(std::string(who) +
                                     "a tangent of theta needs a ParameterizedOperator");
       }
     }
+    const bool moving = t.theta || t.a_dot;  // Ȧ ≠ 0
+    auto derivative_adjoint = [&](const Vector<Scalar>& u, Vector<Scalar>& w) {  // w = Ȧᴴu
+      w.resize(n);
+      if (t.a_dot_adjoint) t.a_dot_adjoint(u, w);
+      if constexpr (ParameterizedOperator<Op>)
+        if (t.theta) a.apply_derivative_adjoint(*t.theta, u, w);
+      if (!w.allFinite()) throw std::invalid_argument(std::string(who) + "Ȧᴴu is not finite");
+    };
+    Vector<Scalar> ad_x, ad_r;  // Ȧx and Ȧᴴr
+    if (moving) {
+      ad_x.resize(m);
+      if (t.a_dot) t.a_dot(f.x, ad_x);
+      if constexpr (ParameterizedOperator<Op>)
+        if (t.theta) a.apply_derivative(*t.theta, f.x, ad_x);
+      if (!ad_x.allFinite()) throw std::invalid_argument(std::string(who) + "Ȧx is not finite");
+      derivative_adjoint(f.r, ad_r);
+    }
     const Real lam = f.damp, dlam = t.damp;
     const Tolerances<Real> tol = backward_tolerances(f);
     TangentResult<Scalar> out;
+    out.forward_converged = f.report.converged();
     // (G8): (AᴴA + λ²I) ẋ = Aᴴc + w with c = ḃ − Ȧx and w = Ȧᴴr − 2λλ̇x.
     Vector<Scalar> c = t.b ? *t.b : Vector<Scalar>::Zero(m);
-    if (t.theta) c -= ad_x;
+    if (moving) c -= ad_x;
     if (m >= n && stacked_ok(lam)) {
       // Tall (G8, G12): ẋ = (AᴴA + λ²I)⁻¹(Aᴴc + w) with w = Ȧᴴr − 2λλ̇x, one undamped solve.
       Vector<Scalar> rhs(n);
       a.apply_adjoint(c, rhs);
       rhs -= (2 * lam * dlam) * f.x;
-      if (t.theta) rhs += ad_r;
+      if (moving) rhs += ad_r;
       if (const auto w = normal_solve("jvp: min-norm [A^T damp I] w = A^T c + w", a, rhs, lam,
                                       tol, out.solves)) {
         out.x = w->tail(n) / lam;
@@ -341,7 +372,7 @@ class LeastSquares {
       // Tall, λ too small for (G12): split w = Aᴴp + q as in backward (G5), then
       // ẋ = argmin ‖Ax' − (c + p)‖² + λ²‖x'‖² + q/λ².
       Vector<Scalar> w = (-2 * lam * dlam) * f.x;
-      if (t.theta) w += ad_r;
+      if (moving) w += ad_r;
       std::optional<Vector<Scalar>> q;
       if (w.squaredNorm() > 0) {
         auto parts = split("jvp: min |A^T p - w|", a, w, tol, out.solves);
@@ -357,28 +388,32 @@ class LeastSquares {
     // so ẋ = argmin |Ax' − (c − 2λλ̇z)|² + λ²|x' − Ȧᴴz|²: one solve started at x0 = Ȧᴴz.
     // Without θ̇ and λ̇ (w = 0) z is not needed: ẋ = argmin |Ax' − ḃ|² + λ²|x'|².
     std::optional<Vector<Scalar>> x0;
-    if (t.theta || (lam > 0 && dlam != 0)) {
+    if (moving || (lam > 0 && dlam != 0)) {
       const Vector<Scalar>& z = dual(f, out.solves);
       if (lam > 0) c -= (2 * lam * dlam) * dual_range(f);
-      if constexpr (ParameterizedOperator<Op>) {
-        if (t.theta) {
-          x0.emplace(n);
-          a.apply_derivative_adjoint(*t.theta, z, *x0);
-        }
-      }
-      if (!stacked_ok(lam) && f.residual_outside_range && t.theta) {
+      if (moving) derivative_adjoint(z, x0.emplace(n));
+      if (!stacked_ok(lam) && f.residual_outside_range && moving) {
         // λ = 0 with r ∉ range(A): the (AᴴA)⁺Ȧᴴr term needs its own solve (G7).
         c += run("jvp: min |A^T p - A'^T r|", at, ad_r, 0, nullptr, tol, out.solves);
       }
     }
-    out.x = run("jvp: min |Ax' - c|^2 + damp^2 |x' - x0|^2", a, c, lam, x0 ? &*x0 : nullptr, tol,
-                out.solves);
+    out.x = run("jvp: min |Ax' - c|^2 + damp^2 |x' - x0|^2", a, c, lam, x0 ? &*x0 : nullptr,
+                normal_equation_tolerances(a, c, lam, x0 ? &*x0 : nullptr, f, tol), out.solves);
     return out;
   }
 
  private:
   LeastSquaresOptions<Scalar> opts_;
   Workspace<Scalar> ws_a_, ws_at_, ws_k_;  // solves with A, Aᴴ and [Aᴴ λI] (G12)
+
+  /// The forward solve's stopping rules, with the default iteration limit of Tolerances.
+  Tolerances<Real> forward_tolerances(Index m, Index n) const {
+    Tolerances<Real> t = opts_.forward;
+    if (t.max_iterations <= 0)
+      t.max_iterations = std::max({Index(20), 4 * std::min(m, n),
+                                   default_max_iterations(opts_.method, m, n)});
+    return t;
+  }
 
   /// The stopping rules of the solves after forward f. Without an iteration limit of their own
   /// they get max(2 × f's iterations, the method's default for max(m, n) × max(m, n)): the
@@ -430,6 +465,30 @@ class LeastSquares {
     return s;
   }
 
+  /// Tolerances for ẋ = argmin ‖Ax' − c‖² + λ²‖x' − x0‖², a device for the normal equations
+  /// (AᴴA + λ²I)ẋ = g := Aᴴc + λ²x0 (G8). Its test 2, ‖g − (AᴴA + λ²I)x'‖ ≤ atol‖K‖‖r̃‖ with
+  /// K = [A; λI] and r̃ = [c − Ax'; λ(x0 − x')], is relative to ‖r̃‖, which can be mostly
+  /// invisible to A: c's part in N(Aᴴ), or along singular values far below λ (z's part r_N/λ²
+  /// when b ∉ range(A): measured ẋ 66% wrong at λ = 1e-3, tolerance 1e-6). As ‖r̃‖ never
+  /// grows from its start ‖[c − Ax0; 0]‖ (LSQR, LSMR and CGLS minimise it over growing
+  /// spaces), atol·‖g‖/(‖K‖‖c − Ax0‖) makes test 2 imply ‖g − (AᴴA + λ²I)x'‖ ≤ atol‖g‖.
+  template <LinearOperator Op>
+  Tolerances<Real> normal_equation_tolerances(const Op& a, const Vector<Scalar>& c, Real lam,
+                                              const Vector<Scalar>* x0, const Forward<Op>& f,
+                                              Tolerances<Real> tol) const {
+    Vector<Scalar> g(a.cols()), start = c;
+    a.apply_adjoint(c, g);
+    if (x0) {
+      g += (lam * lam) * *x0;
+      Vector<Scalar> ax(a.rows());
+      a.apply(*x0, ax);
+      start -= ax;
+    }
+    const Real scale = f.report.anorm * start.norm();
+    if (scale > 0 && g.norm() < scale) tol.atol *= g.norm() / scale;
+    return tol;
+  }
+
   /// The largest relative tolerance of the forward and backward solves (at least ε).
   template <LinearOperator Op>
   Real solve_tolerance(const Forward<Op>& f) const {
@@ -447,9 +506,10 @@ class LeastSquares {
     return stacked_ok(f.damp) && f.damp * f.damp >= std::sqrt(solve_tolerance(f)) * anorm * anorm;
   }
 
-  /// The dual solution z = (AAᵀ + λ²I)⁺b: r/λ² under strong damping (G11), else (G9) z_R =
-  /// (Aᵀ)⁺x by a solve plus the part of r = λ²z outside range(A), which that solve cannot see,
-  /// divided by λ².
+  /// The dual solution z = (AAᵀ + λ²I)⁺b: r/λ² under strong damping (G11), else for λ > 0 one
+  /// solve with [A λI] (G13), else, or when that solve stops by test 2 or conlim or is swamped
+  /// by rounding, (G9): z_R = (Aᵀ)⁺x by a solve plus the part of r = λ²z outside range(A),
+  /// which that solve cannot see, divided by λ².
   template <LinearOperator Op>
   const Vector<Scalar>& dual(Forward<Op>& f, std::vector<SolveRecord<Real>>& log) {
     if (f.dual && f.dual_failure) {  // a z kept from a solve that did not converge
@@ -460,8 +520,19 @@ class LeastSquares {
       f.dual = f.r / (f.damp * f.damp);  // r = λ²z (G1, G11)
       f.residual_outside_range = false;
     }
+    const AdjointOperator<Op> at(*f.op);
+    if (!f.dual && stacked_ok(f.damp)) {
+      // (G13): the minimum-norm w of [A λI] w = b is [Aᴴz; λz], (G12) with Aᴴ for A: one
+      // solve as well conditioned as the damped problem, whatever cond(A).
+      auto w = normal_solve("dual: min-norm [A damp I] w = b", at, f.b, f.damp,
+                            backward_tolerances(f), log);
+      if (w && !swamped(*w, f.op->cols(), f.damp, log.back().report.anorm, f)) {
+        if (!log.back().report.converged()) f.dual_failure = log.back();
+        f.dual = w->tail(f.op->rows()) / f.damp;
+        f.residual_outside_range = false;
+      }
+    }
     if (!f.dual) {
-      const AdjointOperator<Op> at(*f.op);
       Vector<Scalar> z =
           run("dual: min |A^T z - x|", at, f.x, 0, nullptr, backward_tolerances(f), log);
       const Real lam2 = f.damp * f.damp;

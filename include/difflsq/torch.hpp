@@ -15,8 +15,9 @@
 // for the rank-one terms Σ u vᴴ of Ā. The backward pass is the adjoint rule of layer.hpp
 // (docs/gradients.md). CPU tensors, float32, float64, complex64 or complex128 (kept; damp is
 // real, of the same precision). Reverse mode only: LibTorch 1.13's C++ Functions have no
-// forward-mode hook (LeastSquares::jvp has the rule). Double backward raises. Not part of
-// difflsq.hpp: link LibTorch (find_package(Torch)).
+// forward-mode hook (LeastSquares::jvp has the rule). First-order gradients with
+// create_graph = true are exact; differentiating them again (double backward) throws. Not part
+// of difflsq.hpp: link LibTorch (find_package(Torch)).
 #pragma once
 
 #include <torch/torch.h>
@@ -162,11 +163,44 @@ inline torch::Tensor as_columns(const torch::Tensor& t, int64_t rows) {
   return t.reshape({rows, t.dim() == 1 ? 1 : t.size(1)});
 }
 
-inline void no_double_backward() {
-  // The rules run on raw memory: their results are not differentiable again.
-  if (torch::GradMode::is_enabled())
+/// The gradients under create_graph = true. The rules run on raw memory, so their results are
+/// not differentiable again; this node makes them outputs of the gradient's inputs (x̄, A or
+/// the parameters, b, damp) whose backward throws, so that a Hessian, a Hessian-vector product
+/// or a gradient of a gradient fails loudly instead of returning zeros. First-order gradients
+/// with create_graph = true stay exact.
+class GradientsNode : public torch::autograd::Function<GradientsNode> {
+ public:
+  // `values` is a std::vector, not a TensorList: autograd does not take it as an input.
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext*,
+                                                std::vector<torch::Tensor> values,
+                                                torch::TensorList /*inputs*/) {
+    return values;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list) {
     throw std::runtime_error(
-        "difflsq::lstsq does not support double backward (create_graph = true)");
+        "difflsq::lstsq does not support double backward (second derivatives)");
+  }
+};
+
+/// grads as they are, or, when autograd records the backward pass (create_graph = true), the
+/// defined ones passed through GradientsNode with `inputs` as its inputs.
+inline torch::autograd::variable_list recorded(torch::autograd::variable_list grads,
+                                               const torch::autograd::variable_list& inputs) {
+  if (!torch::GradMode::is_enabled()) return grads;
+  std::vector<torch::Tensor> values;
+  std::vector<std::size_t> where;
+  for (std::size_t i = 0; i < grads.size(); ++i)
+    if (grads[i].defined()) {
+      values.push_back(grads[i]);
+      where.push_back(i);
+    }
+  torch::autograd::variable_list defined;
+  for (const auto& t : inputs)
+    if (t.defined()) defined.push_back(t);
+  const auto out = GradientsNode::apply(std::move(values), torch::TensorList(defined));
+  for (std::size_t k = 0; k < where.size(); ++k) grads[where[k]] = out[k];
+  return grads;
 }
 
 /// A TorchOperator as a LinearOperator (operator.hpp). Aᴴu is the vector–Jacobian product of
@@ -272,7 +306,7 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
     detail::dispatch(a.scalar_type(), [&](auto s) {
       run_forward<decltype(s)>(ac, b2, damp, options, x, r, status, anorm);
     });
-    ctx->save_for_backward({ac, b2, x, r, damp});
+    ctx->save_for_backward({ac, b2, x, r, damp, a, b});  // a, b: GradientsNode's inputs
     ctx->saved_data["status"] = status;
     ctx->saved_data["anorm"] = anorm;
     ctx->saved_data["method"] = static_cast<int64_t>(options.method);
@@ -288,16 +322,19 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    detail::no_double_backward();
     const auto saved = ctx->get_saved_variables();
     const auto& a = saved[0];
-    const auto xbar = detail::dense(detail::as_columns(grads[0], a.size(1)));
     torch::Tensor abar, bbar, dbar;
-    detail::dispatch(a.scalar_type(), [&](auto s) {
-      run_backward<decltype(s)>(ctx, saved, xbar, abar, bbar, dbar);
-    });
-    if (grads[0].dim() == 1) bbar = bbar.reshape({a.size(0)});
-    return {abar, bbar, dbar, torch::Tensor()};
+    {
+      torch::NoGradGuard off;
+      const auto xbar = detail::dense(detail::as_columns(grads[0], a.size(1)));
+      detail::dispatch(a.scalar_type(), [&](auto s) {
+        run_backward<decltype(s)>(ctx, saved, xbar, abar, bbar, dbar);
+      });
+      if (grads[0].dim() == 1) bbar = bbar.reshape({a.size(0)});
+    }
+    return detail::recorded({abar, bbar, dbar, torch::Tensor()},
+                            {grads[0], saved[5], saved[6], saved[4]});
   }
 
  private:
@@ -409,7 +446,10 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
     });
     // The parameters are saved so that autograd's version check catches an in-place change
     // between forward and backward (the state holds detached views of them).
-    ctx->save_for_backward(params.vec());
+    auto saved = params.vec();
+    saved.push_back(b);  // with damp, GradientsNode's inputs
+    saved.push_back(damp);
+    ctx->save_for_backward(saved);
     ctx->saved_data["state"] = c10::IValue::make_capsule(std::move(state));
     ctx->saved_data["vector_b"] = b.dim() == 1;
     return b.dim() == 1 ? x.reshape({n}) : x;
@@ -417,36 +457,42 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    detail::no_double_backward();
-    const auto params = ctx->get_saved_variables();  // the version check
+    auto params = ctx->get_saved_variables();  // the version check
+    const torch::autograd::variable_list inputs = {grads[0], params.end()[-2], params.back()};
+    params.resize(params.size() - 2);
     const auto capsule = ctx->saved_data["state"].toCapsule();
     const bool vector_b = ctx->saved_data["vector_b"].toBool();
     torch::autograd::variable_list out(2 + params.size() + 3);
-    detail::dispatch(grads[0].scalar_type(), [&](auto s) {
-      using Scalar = decltype(s);
-      auto& st = static_cast<detail::CallableState<Scalar>&>(*capsule);
-      const Index m = st.op.rows(), n = st.op.cols();
-      const auto gt = detail::dense(detail::as_columns(grads[0], n).t());
-      std::vector<Vector<Scalar>> bbars;
-      std::vector<std::pair<Vector<Scalar>, Vector<Scalar>>> terms;
-      double dsum = 0;
-      for (std::size_t j = 0; j < st.columns.size(); ++j) {
-        const Eigen::Map<const Vector<Scalar>> xbar(detail::data<Scalar>(gt) + Index(j) * n, n);
-        auto g = st.layer.backward(st.columns[j], xbar);
-        bbars.push_back(std::move(g.b));
-        dsum += static_cast<double>(g.damp);
-        for (auto& term : g.a_terms) terms.push_back(std::move(term));
-      }
-      const auto bbar = detail::from_columns(bbars, m);
-      out[0] = vector_b ? bbar.reshape({m}) : bbar;
-      out[1] = torch::full({}, dsum, torch::TensorOptions().dtype(
-                                         c10::toRealValueType(detail::torch_dtype<Scalar>())));
-      std::vector<bool> wanted(params.size());
-      for (std::size_t i = 0; i < params.size(); ++i) wanted[i] = ctx->needs_input_grad(2 + i);
-      const auto theta = st.op.parameter_gradients(terms, wanted);
-      for (std::size_t i = 0; i < params.size(); ++i) out[2 + i] = theta[i];
-    });
-    return out;
+    {
+      torch::NoGradGuard off;  // GradientsNode records the results
+      detail::dispatch(grads[0].scalar_type(), [&](auto s) {
+        using Scalar = decltype(s);
+        auto& st = static_cast<detail::CallableState<Scalar>&>(*capsule);
+        const Index m = st.op.rows(), n = st.op.cols();
+        const auto gt = detail::dense(detail::as_columns(grads[0], n).t());
+        std::vector<Vector<Scalar>> bbars;
+        std::vector<std::pair<Vector<Scalar>, Vector<Scalar>>> terms;
+        double dsum = 0;
+        for (std::size_t j = 0; j < st.columns.size(); ++j) {
+          const Eigen::Map<const Vector<Scalar>> xbar(detail::data<Scalar>(gt) + Index(j) * n, n);
+          auto g = st.layer.backward(st.columns[j], xbar);
+          bbars.push_back(std::move(g.b));
+          dsum += static_cast<double>(g.damp);
+          for (auto& term : g.a_terms) terms.push_back(std::move(term));
+        }
+        const auto bbar = detail::from_columns(bbars, m);
+        out[0] = vector_b ? bbar.reshape({m}) : bbar;
+        out[1] = torch::full({}, dsum, torch::TensorOptions().dtype(
+                                           c10::toRealValueType(detail::torch_dtype<Scalar>())));
+        std::vector<bool> wanted(params.size());
+        for (std::size_t i = 0; i < params.size(); ++i) wanted[i] = ctx->needs_input_grad(2 + i);
+        const auto theta = st.op.parameter_gradients(terms, wanted);
+        for (std::size_t i = 0; i < params.size(); ++i) out[2 + i] = theta[i];
+      });
+    }
+    torch::autograd::variable_list node_inputs = inputs;
+    node_inputs.insert(node_inputs.end(), params.begin(), params.end());
+    return detail::recorded(std::move(out), node_inputs);
   }
 };
 

@@ -134,8 +134,12 @@ py::tuple backward(LeastSquares<Scalar>& layer, Forward<Op>& f, const PyArray<Sc
 template <class Scalar, class Op>
 py::tuple jvp(LeastSquares<Scalar>& layer, Forward<Op>& f,
               const std::optional<PyArray<Scalar>>& a_dot,
-              const std::optional<PyArray<Scalar>>& b_dot, double damp_dot) {
+              const std::optional<PyArray<Scalar>>& b_dot, double damp_dot,
+              typename Tangents<Scalar>::Product a_dot_products = {},
+              typename Tangents<Scalar>::Product a_dot_adjoint_products = {}) {
   Tangents<Scalar> t;
+  t.a_dot = std::move(a_dot_products);
+  t.a_dot_adjoint = std::move(a_dot_adjoint_products);
   if (a_dot) t.theta = as_vector(*a_dot, "tangent of A");
   if (b_dot) t.b = as_vector(*b_dot, "tangent of b");
   t.damp = static_cast<RealOf<Scalar>>(damp_dot);
@@ -245,6 +249,19 @@ void register_layer(py::module_& m, const std::string& suffix) {
            })
       .def("jvp", [](Layer& layer, Callback& c, Opt b_dot, double damp_dot) {
         return jvp(layer, c.fwd, Opt{}, b_dot, damp_dot);
+      })
+      // Tangents of a callable's params as the products Ȧv and Ȧᴴu (NumPy in, NumPy out).
+      .def("jvp", [](Layer& layer, Callback& c, py::function a_dot, py::function a_dot_adjoint,
+                     Opt b_dot, double damp_dot) {
+        const Index m = c.op.rows(), n = c.op.cols();
+        auto product = [](PyCallback<Scalar> cb) {
+          return [cb](Eigen::Ref<const Vector<Scalar>> in, Eigen::Ref<Vector<Scalar>> out) {
+            cb(in, out);
+          };
+        };
+        return jvp(layer, c.fwd, Opt{}, b_dot, damp_dot,
+                   product({std::move(a_dot), m, "the tangent product of A"}),
+                   product({std::move(a_dot_adjoint), n, "the tangent product of A^H"}));
       });
 }
 

@@ -99,6 +99,7 @@ class _Lstsq(torch.autograd.Function):
         ctx.param_slots = [torch.is_tensor(p) for p in params]
         ctx.other_params = [p for p in params if not torch.is_tensor(p)]
         ctx.save_for_backward(A, b, damp, *[p for p in params if torch.is_tensor(p)])
+        ctx.jvp_params = [p.detach() if torch.is_tensor(p) else p for p in params]
         X = _stack([torch.from_numpy(f.x) for f in fwds], n)
         return X.reshape((n,) + tuple(b.shape[1:])).to(dtype)
 
@@ -154,10 +155,10 @@ class _Lstsq(torch.autograd.Function):
         cfg, fwds = ctx.cfg, ctx.fwds
         m, n = cfg["shape"]
         conv = isinstance(cfg["op"], Convolution1d)
+        products = None
         if not conv and any(t is not None for t in params_t):
-            raise NotImplementedError(
-                "difflsq.torch: forward-mode AD with respect to the params of a callable "
-                "operator is not supported; use reverse mode (backward) for them")
+            products = _tangent_products(cfg["op"], ctx.jvp_params, params_t, m, n,
+                                         cfg["dtype"])
         layer = cfg["layer"]
         Bt = None if b_t is None else b_t.reshape(m, _ncols(b_t))
         dl = 0.0 if damp_t is None else float(damp_t)
@@ -171,6 +172,8 @@ class _Lstsq(torch.autograd.Function):
                 xdot, _ = layer.jvp(f, _numpy(A_t).reshape(-1), bt, dl)
             elif cfg["op"] is None:
                 xdot, _ = layer.jvp(f, None, bt, dl)
+            elif products:
+                xdot, _ = layer.jvp(f, *products, bt, dl)
             else:
                 xdot, _ = layer.jvp(f, bt, dl)
             cols.append(torch.from_numpy(xdot))
@@ -226,6 +229,43 @@ def _callbacks(op, params, m, n, dtype):
     if m and n:
         _check_linear(matvec, rmatvec, out0, m, n, dtype)
     return matvec, rmatvec
+
+
+def _tangent_products(op, params, tangents, m, n, dtype):
+    """Ȧv and Ȧᴴu (NumPy in, NumPy out) for the tangents θ̇ of a callable's params, by reverse
+    mode twice (torch 1.13 runs a Function's jvp with forward-mode AD off): with
+    s(u, v) = Σ_k Re⟨∇_θk Re⟨u, A(θ)v⟩, θ̇_k⟩ = Re⟨u, Ȧv⟩ = Re⟨Ȧᴴu, v⟩, Ȧv = ∇_u s and
+    Ȧᴴu = ∇_v s (s is bilinear: the other vector may be anything, e.g. 0)."""
+    what = "A(v, *params)"
+    moving = [i for i, t in enumerate(tangents) if t is not None]
+
+    def directional(u, v):  # s(u, v), recorded for one more differentiation
+        leaves = [p.detach().requires_grad_(i in moving) if torch.is_tensor(p) else p
+                  for i, p in enumerate(params)]
+        y = _as_output(op(v, *leaves), m, what, dtype)
+        inner = torch.vdot(u, y).real
+        if not inner.requires_grad:  # A does not depend on the moving params or on v
+            return None
+        grads = torch.autograd.grad(inner, [leaves[i] for i in moving], create_graph=True,
+                                    allow_unused=True)
+        terms = [torch.vdot(g.reshape(-1), tangents[i].to(g.dtype).reshape(-1)).real
+                 for i, g in zip(moving, grads) if g is not None]
+        return sum(terms) if terms else None
+
+    def product(size, wrt_u):
+        def apply(w):
+            with torch.enable_grad():
+                u = torch.zeros(m, dtype=dtype, requires_grad=wrt_u)
+                v = torch.zeros(n, dtype=dtype, requires_grad=not wrt_u)
+                given = torch.from_numpy(w).to(dtype)
+                s = directional(u, given) if wrt_u else directional(given, v)
+                out = None
+                if s is not None and s.requires_grad:
+                    (out,) = torch.autograd.grad(s, u if wrt_u else v, allow_unused=True)
+            return _numpy(torch.zeros(size, dtype=dtype) if out is None else out.to(dtype))
+        return apply
+
+    return product(m, True), product(n, False)
 
 
 def _check_linear(matvec, rmatvec, out0, m, n, dtype):
@@ -326,11 +366,12 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
     damp : float or 0-d Tensor
         Tikhonov damping λ ≥ 0; a tensor that requires grad receives ∂L/∂λ.
     params : sequence of Tensors
-        The tensors a callable A depends on; they receive gradients.
+        The tensors a callable A depends on; they receive gradients, and forward-mode AD
+        works along their tangents (the callable must then be twice differentiable by autograd).
     method : "lsmr", "lsqr" or "cgls"
     atol, btol, conlim, maxiter :
         Stopping rules of the forward solve (SciPy's meaning; maxiter None: 4 x min(m, n), at
-        least 20, where SciPy's default min(m, n) stops ordinary problems short).
+        least 20 and SciPy's default, whose min(m, n) for LSMR stops ordinary problems short).
     backward_tol : tuple (atol, btol, conlim, maxiter) or None
         Stopping rules of the backward solves; None: the forward ones. Their maxiter None
         (or 0): max(2 x the forward iterations, the method's default for max(m, n)).
