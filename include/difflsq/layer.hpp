@@ -397,8 +397,11 @@ class LeastSquares {
         c += run("jvp: min |A^T p - A'^T r|", at, ad_r, 0, nullptr, tol, out.solves);
       }
     }
-    out.x = run("jvp: min |Ax' - c|^2 + damp^2 |x' - x0|^2", a, c, lam, x0 ? &*x0 : nullptr,
-                normal_equation_tolerances(a, c, lam, x0 ? &*x0 : nullptr, f, tol), out.solves);
+    const Tolerances<Real> own =
+        lam > 0 && dlam != 0 ? normal_equation_tolerances(a, c, lam, x0 ? &*x0 : nullptr, f, tol)
+                             : tol;
+    out.x = run("jvp: min |Ax' - c|^2 + damp^2 |x' - x0|^2", a, c, lam, x0 ? &*x0 : nullptr, own,
+                out.solves);
     return out;
   }
 
@@ -465,13 +468,14 @@ class LeastSquares {
     return s;
   }
 
-  /// Tolerances for ẋ = argmin ‖Ax' − c‖² + λ²‖x' − x0‖², a device for the normal equations
-  /// (AᴴA + λ²I)ẋ = g := Aᴴc + λ²x0 (G8). Its test 2, ‖g − (AᴴA + λ²I)x'‖ ≤ atol‖K‖‖r̃‖ with
-  /// K = [A; λI] and r̃ = [c − Ax'; λ(x0 − x')], is relative to ‖r̃‖, which can be mostly
-  /// invisible to A: c's part in N(Aᴴ), or along singular values far below λ (z's part r_N/λ²
-  /// when b ∉ range(A): measured ẋ 66% wrong at λ = 1e-3, tolerance 1e-6). As ‖r̃‖ never
-  /// grows from its start ‖[c − Ax0; 0]‖ (LSQR, LSMR and CGLS minimise it over growing
-  /// spaces), atol·‖g‖/(‖K‖‖c − Ax0‖) makes test 2 imply ‖g − (AᴴA + λ²I)x'‖ ≤ atol‖g‖.
+  /// Tolerances for ẋ = argmin ‖Ax' − c‖² + λ²‖x' − x0‖² when c holds −2λλ̇z, a device for the
+  /// normal equations (AᴴA + λ²I)ẋ = g := Aᴴc + λ²x0 (G8). Its test 2,
+  /// ‖g − (AᴴA + λ²I)x'‖ ≤ atol‖K‖‖r̃‖ with K = [A; λI] and r̃ = [c − Ax'; λ(x0 − x')], is
+  /// relative to ‖r̃‖, which z can make mostly invisible to A: its part r_N/λ² in N(Aᴴ) when
+  /// b ∉ range(A) (measured: ẋ 66% wrong at λ = 1e-3, tolerance 1e-6), or along singular
+  /// values far below λ. As ‖r̃‖ never grows from its start ‖[c − Ax0; 0]‖ (LSQR, LSMR and
+  /// CGLS minimise it over growing spaces), atol·‖g‖/(‖K‖‖c − Ax0‖) makes test 2 imply
+  /// ‖g − (AᴴA + λ²I)x'‖ ≤ atol‖g‖ (‖K‖ by the forward solve's estimate).
   template <LinearOperator Op>
   Tolerances<Real> normal_equation_tolerances(const Op& a, const Vector<Scalar>& c, Real lam,
                                               const Vector<Scalar>* x0, const Forward<Op>& f,
