@@ -457,12 +457,12 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    auto params = ctx->get_saved_variables();  // the version check
-    const torch::autograd::variable_list inputs = {grads[0], params.end()[-2], params.back()};
-    params.resize(params.size() - 2);
+    auto inputs = ctx->get_saved_variables();  // params, b, damp (and the version check)
+    const std::size_t count = inputs.size() - 2;    // of params
+    inputs.push_back(grads[0]);                     // all of GradientsNode's inputs
     const auto capsule = ctx->saved_data["state"].toCapsule();
     const bool vector_b = ctx->saved_data["vector_b"].toBool();
-    torch::autograd::variable_list out(2 + params.size() + 3);
+    torch::autograd::variable_list out(2 + count + 3);
     {
       torch::NoGradGuard off;  // GradientsNode records the results
       detail::dispatch(grads[0].scalar_type(), [&](auto s) {
@@ -484,15 +484,13 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
         out[0] = vector_b ? bbar.reshape({m}) : bbar;
         out[1] = torch::full({}, dsum, torch::TensorOptions().dtype(
                                            c10::toRealValueType(detail::torch_dtype<Scalar>())));
-        std::vector<bool> wanted(params.size());
-        for (std::size_t i = 0; i < params.size(); ++i) wanted[i] = ctx->needs_input_grad(2 + i);
+        std::vector<bool> wanted(count);
+        for (std::size_t i = 0; i < count; ++i) wanted[i] = ctx->needs_input_grad(2 + i);
         const auto theta = st.op.parameter_gradients(terms, wanted);
-        for (std::size_t i = 0; i < params.size(); ++i) out[2 + i] = theta[i];
+        for (std::size_t i = 0; i < count; ++i) out[2 + i] = theta[i];
       });
     }
-    torch::autograd::variable_list node_inputs = inputs;
-    node_inputs.insert(node_inputs.end(), params.begin(), params.end());
-    return detail::recorded(std::move(out), node_inputs);
+    return detail::recorded(std::move(out), inputs);
   }
 };
 

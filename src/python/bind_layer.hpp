@@ -200,6 +200,10 @@ void register_layer(py::module_& m, const std::string& suffix) {
               double damp) {
              if (a.ndim() != 2) throw std::invalid_argument("difflsq: A must be 2-D");
              auto d = std::make_unique<Dense>(std::move(a));
+             // Here rather than with torch.isfinite, whose temporaries (measured: 33 MB for a
+             // 3000 × 1000 A) stayed resident after the forward pass.
+             if (!d->map.allFinite())
+               throw std::invalid_argument("difflsq: A is not finite (it has NaN or Inf entries)");
              const auto bv = as_vector(b, "b");
              {
                py::gil_scoped_release nogil;

@@ -240,8 +240,7 @@ def _tangent_products(op, params, tangents, m, n, dtype):
     moving = [i for i, t in enumerate(tangents) if t is not None]
 
     def directional(u, v):  # s(u, v), recorded for one more differentiation
-        leaves = [p.detach().requires_grad_(i in moving) if torch.is_tensor(p) else p
-                  for i, p in enumerate(params)]
+        leaves = _leaves(params, moving)
         y = _as_output(op(v, *leaves), m, what, dtype)
         inner = torch.vdot(u, y).real
         if not inner.requires_grad:  # A does not depend on the moving params or on v
@@ -299,11 +298,16 @@ def _as_output(y, m, what, dtype):
     return y.reshape(-1).resolve_conj().resolve_neg()
 
 
+def _leaves(params, want):
+    """Detached copies of the tensor params, those with an index in want requiring grad."""
+    return [p.detach().requires_grad_(i in want) if torch.is_tensor(p) else p
+            for i, p in enumerate(params)]
+
+
 def _parameter_gradients(op, params, want, terms, dtype):
     """θ̄ = ∇_θ Σ ⟨u, A(θ) v⟩ over the terms of Ā = Σ u vᵀ (one autograd pass)."""
     with torch.enable_grad():
-        leaves = [p.detach().requires_grad_(i in want) if torch.is_tensor(p) else p
-                  for i, p in enumerate(params)]
+        leaves = _leaves(params, want)
         total = 0
         for u, v in terms:
             y = op(torch.from_numpy(v).to(dtype), *leaves).reshape(-1)
@@ -403,9 +407,7 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
         dtype = A.dtype
         source = "A"
         op = None
-        _check_device("A", A)
-        if not torch.isfinite(A).all():
-            raise ValueError("difflsq.torch: A is not finite (it has NaN or Inf entries)")
+        _check_device("A", A)  # a non-finite A is refused by the forward pass (in C++)
     elif isinstance(A, Convolution1d):
         if shape is not None and tuple(shape) != A.shape:
             raise ValueError(f"difflsq.torch: shape={tuple(shape)} but the convolution has "
