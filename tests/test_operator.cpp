@@ -106,6 +106,19 @@ TEST_CASE_TEMPLATE("CompressedOperator equals Eigen's products: CSR/CSC, uncompr
     CHECK((y - mat * x).norm() <= tol * y.norm());
     op.apply_adjoint(u, v);
     CHECK((v - mat.adjoint() * u).norm() <= tol * v.norm());
+    // The Golub–Kahan step's two products: one pass over a CSR matrix without a transposed
+    // index, else the two products. a = 0 must not read u's old values (NaN here).
+    CHECK(op.fuses_step() == (std::decay_t<decltype(mat)>::IsRowMajor && !transposed));
+    for (const Real s : {a, Real(0)}) {
+      CAPTURE(s);
+      const Vector<Scalar> ref_u = mat * x - Scalar(s) * y0, ref_w = mat.adjoint() * ref_u;
+      Vector<Scalar> uu = s != 0 ? y0 : Vector<Scalar>::Constant(300, Scalar(std::numeric_limits<Real>::quiet_NaN()));
+      Vector<Scalar> w = Vector<Scalar>::Constant(170, Scalar(std::numeric_limits<Real>::quiet_NaN()));
+      const Real nu = op.apply_sub_norm2_adjoint(x, uu, s, w);
+      CHECK((uu - ref_u).norm() <= tol * ref_u.norm());
+      CHECK((w - ref_w).norm() <= tol * ref_w.norm());
+      CHECK(std::abs(nu - ref_u.squaredNorm()) <= tol * ref_u.squaredNorm());
+    }
   };
   for (int threads : {1, 2, 3})
     for (int layout = 0; layout < 3; ++layout) {  // compressed, + compressed transpose, sliced
@@ -278,4 +291,145 @@ TEST_CASE_TEMPLATE(
         CHECK((v - (v0 + a.adjoint() * u)).norm() <= tol * (abs_atu + v0.cwiseAbs()).norm());
       }
   }
+}
+
+namespace {
+
+/// An operator's two plain products only: the solvers then take the unfused Golub–Kahan step.
+template <class Op>
+struct PlainProducts {
+  using Scalar = typename Op::Scalar;
+  const Op& op;
+  Index rows() const { return op.rows(); }
+  Index cols() const { return op.cols(); }
+  void apply(Eigen::Ref<const Vector<Scalar>> x, Eigen::Ref<Vector<Scalar>> y) const {
+    op.apply(x, y);
+  }
+  void apply_adjoint(Eigen::Ref<const Vector<Scalar>> u, Eigen::Ref<Vector<Scalar>> v) const {
+    op.apply_adjoint(u, v);
+  }
+};
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("the fused Golub–Kahan step gives LSQR's and LSMR's unfused iterates", Scalar,
+                   double, std::complex<double>) {
+  using Real = RealOf<Scalar>;
+  std::mt19937_64 gen(8);
+  std::bernoulli_distribution keep(0.04);
+  std::vector<Eigen::Triplet<Scalar>> t;
+  const Mat<Scalar> vals = random_matrix<Scalar>(400, 150, gen);
+  for (int i = 0; i < 400; ++i)
+    for (int j = 0; j < 150; ++j)
+      if (keep(gen)) t.emplace_back(i, j, vals(i, j));
+  Eigen::SparseMatrix<Scalar, Eigen::RowMajor> csr(400, 150);
+  csr.setFromTriplets(t.begin(), t.end());
+  Eigen::SparseMatrix<Scalar, Eigen::RowMajor> loose = csr;
+  loose.reserve(Eigen::VectorXi::Constant(400, 2));
+  loose.coeffRef(3, 4) += Scalar(Real(1));
+  REQUIRE(!loose.isCompressed());
+  const Vector<Scalar> b = random_vector<Scalar>(400, gen);
+  for (const auto* mat : {&csr, &loose})
+    for (int threads : {1, 2})
+      for (Real damp : {Real(0), Real(0.3)})
+        for (bool scaled : {false, true}) {
+          CAPTURE(threads);
+          CAPTURE(damp);
+          CAPTURE(scaled);
+          const CompressedOperator op(*mat, threads);
+          REQUIRE(op.fuses_step());
+          Options<Scalar> o;
+          o.damp = damp;
+          o.atol = o.btol = Real(1e-10);
+          if (scaled) o.column_scaling = column_scaling(*mat);
+          // Reference: the damped normal equations, solved densely.
+          const Mat<Scalar> d = Mat<Scalar>(*mat);
+          const Mat<Scalar> normal =
+              d.adjoint() * d + Scalar(damp * damp) * Mat<Scalar>::Identity(150, 150);
+          const Vector<Scalar> ref = normal.ldlt().solve(d.adjoint() * b);
+          // The same iterates up to rounding, which the recurrences amplify to ~1e-10 in 50
+          // iterations: one iteration more or less at the stopping test, the same accuracy.
+          const auto check = [&](const auto& fused, const auto& plain) {
+            CHECK(fused.status == plain.status);
+            CHECK(std::abs(fused.iterations - plain.iterations) <= 1);
+            CHECK(fused.matvecs - fused.iterations == plain.matvecs - plain.iterations);
+            CHECK(fused.rmatvecs - fused.iterations == plain.rmatvecs - plain.iterations);
+            CHECK((fused.x - plain.x).norm() <= Real(1e-8) * ref.norm());
+            CHECK((fused.x - ref).norm() <= Real(1e-8) * ref.norm());
+          };
+          check(lsqr(op, b, o), lsqr(PlainProducts<decltype(op)>{op}, b, o));
+          check(lsmr(op, b, o), lsmr(PlainProducts<decltype(op)>{op}, b, o));
+        }
+}
+
+TEST_CASE("the fused Golub–Kahan step falls back where Aᴴũ overflows but Aᴴu does not") {
+  // Entries ~1e200: ũ = A v − αu is ~1e200, Aᴴũ ~1e400 overflows, Aᴴu (u = ũ/β) is ~1e200.
+  std::mt19937_64 gen(9);
+  const Mat<double> dense = 1e200 * random_matrix<double>(40, 20, gen);
+  const Eigen::SparseMatrix<double, Eigen::RowMajor> a = dense.sparseView();
+  const Vector<double> b = random_vector<double>(40, gen);
+  const CompressedOperator op(a);
+  REQUIRE(op.fuses_step());
+  const PlainProducts<decltype(op)> plain{op};
+  Workspace<double> ws1, ws2;
+  ws1.resize(40, 20);
+  ws2.resize(40, 20);
+  ws1.u = ws2.u = b;
+  Report<double> r1, r2;
+  detail::GolubKahan<std::decay_t<decltype(op)>> fused(op, ws1, r1);
+  detail::GolubKahan<PlainProducts<decltype(op)>> unfused(plain, ws2, r2);
+  fused.start();
+  unfused.start();
+  double a1 = fused.alpha, b1 = fused.beta, a2 = unfused.alpha, b2 = unfused.beta;
+  for (int k = 0; k < 5; ++k) {
+    fused.step(a1, b1);
+    unfused.step(a2, b2);
+    REQUIRE(fused.finite);
+    REQUIRE(unfused.finite);
+    CHECK(a1 == doctest::Approx(a2).epsilon(1e-12));
+    CHECK(b1 == doctest::Approx(b2).epsilon(1e-12));
+    CHECK(b1 > 1e199);
+    CHECK((ws1.u - ws2.u).norm() <= 1e-12);
+    CHECK((ws1.v - ws2.v).norm() <= 1e-12);
+  }
+  CHECK(r1.matvecs == r2.matvecs);
+  CHECK(r1.rmatvecs == r2.rmatvecs);
+}
+
+TEST_CASE_TEMPLATE("dense row-major: the fused Golub–Kahan products equal Eigen's, and LSQR agrees",
+                   Scalar, double, std::complex<float>) {
+  using Real = RealOf<Scalar>;
+  using RowMajor = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  std::mt19937_64 gen(10);
+  const Real tol = 100 * std::numeric_limits<Real>::epsilon();
+  // Blocks of 64 rows (n = 30: 130 = 2·64 + 2), of 1 row (n = 40000), of a few rows.
+  for (const auto& [m, n] : {std::pair<Index, Index>{130, 30}, {3, 40000}, {70, 5000}, {0, 4}}) {
+    CAPTURE(m);
+    CAPTURE(n);
+    const RowMajor a = random_matrix<Scalar>(m, n, gen);
+    const EigenOperator<RowMajor> op(a);
+    REQUIRE(op.fuses_step());
+    const Vector<Scalar> v = random_vector<Scalar>(n, gen), u0 = random_vector<Scalar>(m, gen);
+    for (const Real s : {Real(0.7), Real(0)}) {
+      CAPTURE(s);
+      const Vector<Scalar> ref_u = a * v - Scalar(s) * u0, ref_w = a.adjoint() * ref_u;
+      Vector<Scalar> u = s != 0 ? u0 : Vector<Scalar>::Constant(m, Scalar(std::numeric_limits<Real>::quiet_NaN()));
+      Vector<Scalar> w = Vector<Scalar>::Constant(n, Scalar(std::numeric_limits<Real>::quiet_NaN()));
+      const Real nu = op.apply_sub_norm2_adjoint(v, u, s, w);
+      CHECK((u - ref_u).norm() <= tol * (1 + ref_u.norm()));
+      CHECK((w - ref_w).norm() <= tol * (1 + ref_w.norm()));
+      CHECK(std::abs(nu - ref_u.squaredNorm()) <= tol * (1 + ref_u.squaredNorm()));
+    }
+  }
+  // A column-major matrix keeps the two products; LSQR on both orders: the same solution.
+  const RowMajor a = random_matrix<Scalar>(200, 60, gen);
+  const Mat<Scalar> c = a;
+  CHECK(!EigenOperator<Mat<Scalar>>(c).fuses_step());
+  const Vector<Scalar> b = random_vector<Scalar>(200, gen);
+  Options<Scalar> o;
+  o.damp = Real(0.1);
+  const auto x_row = lsqr(a, b, o), x_col = lsqr(c, b, o);
+  CHECK(x_row.status == x_col.status);
+  CHECK(std::abs(x_row.iterations - x_col.iterations) <= 1);
+  CHECK((x_row.x - x_col.x).norm() <= Real(1e-4) * x_col.x.norm());
 }

@@ -238,6 +238,7 @@ TEST_CASE("a workspace solve allocates nothing once the workspace is sized" *
           doctest::skip(!DIFFLSQ_COUNT_ALLOCATIONS)) {
   KnownSvdProblem<double> p(80, 30, spread(30, 50.0), 8);
   const Eigen::SparseMatrix<double, Eigen::RowMajor> sparse = p.a.sparseView();
+  const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> row_major = p.a;
   auto op = make_operator(80, 30, [&](const auto& x, auto& y) { y.noalias() = p.a * x; },
                           [&](const auto& u, auto& v) { v.noalias() = p.a.transpose() * u; });
   for (Method method : kMethods) {
@@ -250,6 +251,8 @@ TEST_CASE("a workspace solve allocates nothing once the workspace is sized" *
     Options<double> pre = o;
     pre.column_scaling = column_scaling(p.a);
     pre.x0 = Eigen::VectorXd::Zero(30);
+    Options<double> scaled = pre;  // undamped: the fused step through the column scaling
+    scaled.damp = 0;
     // First solves size the workspace (and warm up the paths).
     solve(method, ws, p.a, p.b, o);
     solve(method, ws, sparse, p.b, o);
@@ -259,6 +262,8 @@ TEST_CASE("a workspace solve allocates nothing once the workspace is sized" *
     solve(method, ws, two_threads, p.b, o);
     const CompressedOperator sliced(sparse, SparseOptions{.threads = 2, .transposed_index = true});
     solve(method, ws, sliced, p.b, o);
+    solve(method, ws, row_major, p.b, o);
+    solve(method, ws, sparse, p.b, scaled);
     long before = g_allocations.load();
     const auto r1 = solve(method, ws, p.a, p.b, o);
     const auto r2 = solve(method, ws, sparse, p.b, o);
@@ -266,7 +271,11 @@ TEST_CASE("a workspace solve allocates nothing once the workspace is sized" *
     const auto r4 = solve(method, ws_pre, p.a, p.b, pre);
     const auto r5 = solve(method, ws, two_threads, p.b, o);
     const auto r6 = solve(method, ws, sliced, p.b, o);
+    const auto r7 = solve(method, ws, row_major, p.b, o);
+    const auto r8 = solve(method, ws, sparse, p.b, scaled);
     long after = g_allocations.load();
+    CHECK(r7.converged());
+    CHECK(r8.converged());
     CHECK(sliced.sliced());
     CHECK(std::abs(r6.iterations - r2.iterations) <= 2);
     CHECK(std::abs(r5.iterations - r2.iterations) <= 2);  // summation order differs

@@ -65,8 +65,7 @@ struct LsmrMethod {
     while (itn < p.max_iterations) {
       ++itn;
       // Bidiagonalization [FS11, §2.1].
-      beta = gk.step_u(alpha);
-      if (beta > 0) alpha = gk.step_v(beta);
+      gk.step(alpha, beta);
       if (!gk.finite) {
         rep.status = Status::NonFinite;  // x still holds the previous, finite iterate
         --itn;

@@ -58,11 +58,9 @@ struct LsqrMethod {
     while (itn < p.max_iterations) {
       ++itn;
       // Bidiagonalization step [PS82, (3.4)]: βu = A v − αu, then αv = Aᴴu − βv.
-      beta = gk.step_u(alpha);
-      if (beta > 0) {
-        anorm = std::sqrt(anorm * anorm + alpha * alpha + beta * beta + dampsq);
-        alpha = gk.step_v(beta);
-      }
+      const Real alpha_k = alpha;
+      gk.step(alpha, beta);
+      if (beta > 0) anorm = std::sqrt(anorm * anorm + alpha_k * alpha_k + beta * beta + dampsq);
       if (!gk.finite) {
         rep.status = Status::NonFinite;  // x still holds the previous, finite iterate
         --itn;

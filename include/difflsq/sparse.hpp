@@ -128,6 +128,22 @@ class CompressedOperator {
                                Real a) const {
     return product<true>(u, v, Scalar(a), true);
   }
+  /// Whether apply_sub_norm2_adjoint() makes one pass over the matrix: a row-major matrix
+  /// without a transposed index (whose adjoint would otherwise scatter in a second pass).
+  bool fuses_step() const { return kRowMajor && !transposed_index_; }
+  /// u ← A v − a·u, then w ← Aᴴu with that new u; returns ‖u‖². With fuses_step(), one pass
+  /// over the matrix: row k's entry of the new u is scattered into w while the row is in cache
+  /// (the Golub–Kahan step's two products; on a random 200k × 100k matrix with 2M nonzeros an
+  /// LSQR iteration takes 0.7× the time of gather-then-scatter, docs/benchmarks.md).
+  Real apply_sub_norm2_adjoint(Eigen::Ref<const Vector<Scalar>> v, Eigen::Ref<Vector<Scalar>> u,
+                               Real a, Eigen::Ref<Vector<Scalar>> w) const {
+    if (!fuses_step()) {
+      const Real norm2 = apply_sub_norm2(v, u, a);
+      apply_adjoint(u, w);
+      return norm2;
+    }
+    return fused_product(v.data(), u.data(), w.data(), Scalar(a));
+  }
 
  private:
   static constexpr int kMaxThreads = detail::kMaxSparseThreads;
@@ -397,6 +413,69 @@ class CompressedOperator {
         for (int b = 1; b < threads; ++b) s += buf[(b - 1) * n + j];
         v[j] = s;
         if (want_norm) norm2 += Eigen::numext::abs2(s);
+      }
+    }
+#endif
+    return norm2;
+  }
+
+  /// Rows [lo, hi) of the fused product (row-major, so outer = rows): u_k ← a_k·v − a·u_k,
+  /// then dst[idx_p] += conj(val_p)·u_k; returns Σ |u_k|². Static, as gather_rows; with
+  /// Overwrite (a = 0) u's old values are not read.
+  template <bool Compressed, bool Overwrite>
+  static Real fused_rows(const Storage& st, const Scalar* __restrict v, Scalar* __restrict u,
+                         Scalar* __restrict dst, Scalar a, Index lo, Index hi) {
+    const StorageIndex* __restrict ptr = st.ptr;
+    const StorageIndex* __restrict nnz = st.nnz;
+    const StorageIndex* __restrict idx = st.idx;
+    const Scalar* __restrict val = st.val;
+    Real local = 0;
+    for (Index k = lo; k < hi; ++k) {
+      const Index b = ptr[k], e = Compressed ? Index(ptr[k + 1]) : Index(ptr[k] + nnz[k]);
+      Scalar s(0);
+      for (Index p = b; p < e; ++p) s += val[p] * v[idx[p]];
+      if constexpr (!Overwrite) s -= a * u[k];
+      u[k] = s;
+      local += Eigen::numext::abs2(s);
+      for (Index p = b; p < e; ++p) dst[idx[p]] += maybe_conj(val[p], true) * s;
+    }
+    return local;
+  }
+
+  static Real fused_range(const Storage& st, const Scalar* v, Scalar* u, Scalar* dst, Scalar a,
+                          Index lo, Index hi) {
+    if (a == Scalar(0))
+      return st.nnz ? fused_rows<false, true>(st, v, u, dst, a, lo, hi)
+                    : fused_rows<true, true>(st, v, u, dst, a, lo, hi);
+    return st.nnz ? fused_rows<false, false>(st, v, u, dst, a, lo, hi)
+                  : fused_rows<true, false>(st, v, u, dst, a, lo, hi);
+  }
+
+  /// The fused product; with several threads each thread past the first scatters into its own
+  /// buffer, summed into w at the end (as scatter_parallel).
+  Real fused_product(const Scalar* v, Scalar* u, Scalar* w, Scalar a) const {
+    const Storage& st = direct_;
+    const Index n = inner_;
+    if (threads_ == 1) {
+      std::fill(w, w + n, Scalar(0));
+      return fused_range(st, v, u, w, a, 0, st.outer);
+    }
+    const int threads = threads_;
+    Real norm2 = 0;
+#ifdef _OPENMP
+    Scalar* buf = buffers_.data();
+#pragma omp parallel num_threads(threads) reduction(+ : norm2)
+    {
+      const int t = omp_get_thread_num();
+      Scalar* dst = t == 0 ? w : buf + (t - 1) * n;
+      std::fill(dst, dst + n, Scalar(0));
+      norm2 += fused_range(st, v, u, dst, a, st.partition[t], st.partition[t + 1]);
+#pragma omp barrier
+#pragma omp for schedule(static)
+      for (Index j = 0; j < n; ++j) {
+        Scalar s = w[j];
+        for (int b = 1; b < threads; ++b) s += buf[(b - 1) * n + j];
+        w[j] = s;
       }
     }
 #endif

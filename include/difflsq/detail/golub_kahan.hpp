@@ -41,6 +41,17 @@ struct GolubKahan {
     if (alpha > 0) ws.v *= Scalar(1 / alpha);
   }
 
+  /// One step: β u ← A v − α u, then, when β > 0, α v ← Aᴴu − β v [PS82, (3.4)]; α is left as
+  /// it was when β = 0. With an operator that fuses the two products (HasFusedStep), the
+  /// second is Aᴴũ for the unnormalized ũ = β u, from the same pass over A: α v = Aᴴũ/β − β v.
+  void step(Real& alpha_k, Real& beta_k) {
+    if constexpr (HasFusedStep<Op>) {
+      if (op.fuses_step()) return fused_step(alpha_k, beta_k);
+    }
+    beta_k = step_u(alpha_k);
+    if (beta_k > 0) alpha_k = step_v(beta_k);
+  }
+
   /// β u ← A v − α u; returns β.
   Real step_u(Real alpha_k) {
     Real b;
@@ -78,6 +89,25 @@ struct GolubKahan {
   bool finite = true;
 
  private:
+  void fused_step(Real& alpha_k, Real& beta_k) {
+    auto& w = ws.tmp_n;  // Aᴴũ
+    const Real b = check(norm_from_squares(op.apply_sub_norm2_adjoint(ws.v, ws.u, alpha_k, w), ws.u));
+    ++rep.matvecs;
+    beta_k = b;
+    if (!(b > 0)) return;  // β = 0 (the unfused step makes no Aᴴ product then), or non-finite
+    ws.u *= Scalar(1 / b);
+    w = w * Scalar(1 / b) - Scalar(b) * ws.v;
+    const Real a = norm2(w);
+    if (!std::isfinite(a)) {  // Aᴴũ can overflow where Aᴴu does not: the plain product decides
+      alpha_k = step_v(b);
+      return;
+    }
+    ++rep.rmatvecs;
+    ws.v.swap(w);  // O(1): the new v is in w's storage
+    if (a > 0) ws.v *= Scalar(1 / a);
+    alpha_k = a;
+  }
+
   Real check(Real value) {
     if (std::isfinite(value)) return value;
     finite = false;
