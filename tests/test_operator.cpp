@@ -108,16 +108,32 @@ TEST_CASE_TEMPLATE("CompressedOperator equals Eigen's products: CSR/CSC, uncompr
     CHECK((v - mat.adjoint() * u).norm() <= tol * v.norm());
     // The Golub–Kahan step's two products: one pass over a CSR matrix without a transposed
     // index, else the two products. a = 0 must not read u's old values (NaN here).
-    CHECK(op.fuses_step() == (std::decay_t<decltype(mat)>::IsRowMajor && !transposed));
+    constexpr bool row_major = std::decay_t<decltype(mat)>::IsRowMajor;
+    CHECK(op.fuses_step() == (row_major && !transposed));
+    CHECK(op.fuses_adjoint_step() == (!row_major && !transposed));
+    const Scalar nan(std::numeric_limits<Real>::quiet_NaN());
+    const AdjointOperator<decltype(op)> adj(op);  // the other order of the same products
+    CHECK(adj.fuses_step() == op.fuses_adjoint_step());
+    CHECK(adj.fuses_adjoint_step() == op.fuses_step());
     for (const Real s : {a, Real(0)}) {
       CAPTURE(s);
       const Vector<Scalar> ref_u = mat * x - Scalar(s) * y0, ref_w = mat.adjoint() * ref_u;
-      Vector<Scalar> uu = s != 0 ? y0 : Vector<Scalar>::Constant(300, Scalar(std::numeric_limits<Real>::quiet_NaN()));
-      Vector<Scalar> w = Vector<Scalar>::Constant(170, Scalar(std::numeric_limits<Real>::quiet_NaN()));
+      const Vector<Scalar> ref_v = mat.adjoint() * u - Scalar(s) * v0, ref_y = mat * ref_v;
+      Vector<Scalar> uu = s != 0 ? y0 : Vector<Scalar>::Constant(300, nan);
+      Vector<Scalar> w = Vector<Scalar>::Constant(170, nan);
       const Real nu = op.apply_sub_norm2_adjoint(x, uu, s, w);
       CHECK((uu - ref_u).norm() <= tol * ref_u.norm());
       CHECK((w - ref_w).norm() <= tol * ref_w.norm());
       CHECK(std::abs(nu - ref_u.squaredNorm()) <= tol * ref_u.squaredNorm());
+      Vector<Scalar> vv = s != 0 ? v0 : Vector<Scalar>::Constant(170, nan);
+      Vector<Scalar> yy = Vector<Scalar>::Constant(300, nan);
+      const Real nv = op.apply_adjoint_sub_norm2_apply(u, vv, s, yy);
+      CHECK((vv - ref_v).norm() <= tol * ref_v.norm());
+      CHECK((yy - ref_y).norm() <= tol * ref_y.norm());
+      CHECK(std::abs(nv - ref_v.squaredNorm()) <= tol * ref_v.squaredNorm());
+      vv = s != 0 ? v0 : Vector<Scalar>::Constant(170, nan);  // through the adjoint view
+      CHECK(std::abs(adj.apply_sub_norm2_adjoint(u, vv, s, yy) - nv) <= tol * nv);
+      CHECK((yy - ref_y).norm() <= tol * ref_y.norm());
     }
   };
   for (int threads : {1, 2, 3})
@@ -329,6 +345,22 @@ TEST_CASE_TEMPLATE("the fused Golub–Kahan step gives LSQR's and LSMR's unfused
   loose.coeffRef(3, 4) += Scalar(Real(1));
   REQUIRE(!loose.isCompressed());
   const Vector<Scalar> b = random_vector<Scalar>(400, gen);
+  const Eigen::SparseMatrix<Scalar, Eigen::ColMajor> csc = csr;  // fused by columns
+  for (int threads : {1, 2}) {
+    const CompressedOperator op(csc, threads);
+    REQUIRE(op.fuses_adjoint_step());
+    Options<Scalar> o;
+    o.atol = o.btol = Real(1e-10);
+    for (const auto& [fused, plain] :
+         {std::pair{lsqr(op, b, o), lsqr(PlainProducts<decltype(op)>{op}, b, o)},
+          std::pair{lsmr(op, b, o), lsmr(PlainProducts<decltype(op)>{op}, b, o)}}) {
+      CHECK(fused.status == plain.status);
+      CHECK(std::abs(fused.iterations - plain.iterations) <= 1);
+      CHECK(fused.matvecs - fused.iterations == plain.matvecs - plain.iterations);
+      CHECK(fused.rmatvecs - fused.iterations == plain.rmatvecs - plain.iterations);
+      CHECK((fused.x - plain.x).norm() <= Real(1e-8) * plain.x.norm());
+    }
+  }
   for (const auto* mat : {&csr, &loose})
     for (int threads : {1, 2})
       for (Real damp : {Real(0), Real(0.3)})
@@ -421,10 +453,29 @@ TEST_CASE_TEMPLATE("dense row-major: the fused Golub–Kahan products equal Eige
       CHECK(std::abs(nu - ref_u.squaredNorm()) <= tol * (1 + ref_u.squaredNorm()));
     }
   }
-  // A column-major matrix keeps the two products; LSQR on both orders: the same solution.
+  // Column-major: by blocks of columns (v ← Aᴴu − a·v, y ← A v).
+  for (const auto& [m, n] : {std::pair<Index, Index>{30, 130}, {40000, 3}, {5000, 70}, {4, 0}}) {
+    CAPTURE(m);
+    CAPTURE(n);
+    const Mat<Scalar> a = random_matrix<Scalar>(m, n, gen);
+    const EigenOperator<Mat<Scalar>> op(a);
+    REQUIRE(op.fuses_adjoint_step());
+    REQUIRE(!op.fuses_step());
+    const Vector<Scalar> u = random_vector<Scalar>(m, gen), v0 = random_vector<Scalar>(n, gen);
+    for (const Real s : {Real(0.7), Real(0)}) {
+      CAPTURE(s);
+      const Vector<Scalar> ref_v = a.adjoint() * u - Scalar(s) * v0, ref_y = a * ref_v;
+      Vector<Scalar> v = s != 0 ? v0 : Vector<Scalar>::Constant(n, Scalar(std::numeric_limits<Real>::quiet_NaN()));
+      Vector<Scalar> y = Vector<Scalar>::Constant(m, Scalar(std::numeric_limits<Real>::quiet_NaN()));
+      const Real nv = op.apply_adjoint_sub_norm2_apply(u, v, s, y);
+      CHECK((v - ref_v).norm() <= tol * (1 + ref_v.norm()));
+      CHECK((y - ref_y).norm() <= tol * (1 + ref_y.norm()));
+      CHECK(std::abs(nv - ref_v.squaredNorm()) <= tol * (1 + ref_v.squaredNorm()));
+    }
+  }
+  // LSQR on both orders (fused by rows, by columns): the same solution.
   const RowMajor a = random_matrix<Scalar>(200, 60, gen);
   const Mat<Scalar> c = a;
-  CHECK(!EigenOperator<Mat<Scalar>>(c).fuses_step());
   const Vector<Scalar> b = random_vector<Scalar>(200, gen);
   Options<Scalar> o;
   o.damp = Real(0.1);

@@ -131,10 +131,12 @@ class CompressedOperator {
   /// Whether apply_sub_norm2_adjoint() makes one pass over the matrix: a row-major matrix
   /// without a transposed index (whose adjoint would otherwise scatter in a second pass).
   bool fuses_step() const { return kRowMajor && !transposed_index_; }
+  /// Whether apply_adjoint_sub_norm2_apply() makes one pass: column-major, no transposed index.
+  bool fuses_adjoint_step() const { return !kRowMajor && !transposed_index_; }
   /// u ← A v − a·u, then w ← Aᴴu with that new u; returns ‖u‖². With fuses_step(), one pass
   /// over the matrix: row k's entry of the new u is scattered into w while the row is in cache
   /// (the Golub–Kahan step's two products; on a random 200k × 100k matrix with 2M nonzeros an
-  /// LSQR iteration takes 0.7× the time of gather-then-scatter, docs/benchmarks.md).
+  /// LSQR iteration takes 0.66× the time of gather-then-scatter, docs/benchmarks.md).
   Real apply_sub_norm2_adjoint(Eigen::Ref<const Vector<Scalar>> v, Eigen::Ref<Vector<Scalar>> u,
                                Real a, Eigen::Ref<Vector<Scalar>> w) const {
     if (!fuses_step()) {
@@ -142,7 +144,19 @@ class CompressedOperator {
       apply_adjoint(u, w);
       return norm2;
     }
-    return fused_product(v.data(), u.data(), w.data(), Scalar(a));
+    return fused_product<false>(v.data(), u.data(), w.data(), Scalar(a));
+  }
+  /// v ← Aᴴu − a·v, then y ← A v with that new v; returns ‖v‖². With fuses_adjoint_step(), one
+  /// pass over the columns, as apply_sub_norm2_adjoint over the rows.
+  Real apply_adjoint_sub_norm2_apply(Eigen::Ref<const Vector<Scalar>> u,
+                                     Eigen::Ref<Vector<Scalar>> v, Real a,
+                                     Eigen::Ref<Vector<Scalar>> y) const {
+    if (!fuses_adjoint_step()) {
+      const Real norm2 = apply_adjoint_sub_norm2(u, v, a);
+      apply(v, y);
+      return norm2;
+    }
+    return fused_product<true>(u.data(), v.data(), y.data(), Scalar(a));
   }
 
  private:
@@ -419,11 +433,13 @@ class CompressedOperator {
     return norm2;
   }
 
-  /// Rows [lo, hi) of the fused product (row-major, so outer = rows): u_k ← a_k·v − a·u_k,
-  /// then dst[idx_p] += conj(val_p)·u_k; returns Σ |u_k|². Static, as gather_rows; with
-  /// Overwrite (a = 0) u's old values are not read.
-  template <bool Compressed, bool Overwrite>
-  static Real fused_rows(const Storage& st, const Scalar* __restrict v, Scalar* __restrict u,
+  /// Outer slices [lo, hi) of a fused product: out_k ← op(a_k)·in − a·out_k along the stored
+  /// slice k, then dst[idx_p] += op'(val_p)·out_k, where op conjugates for the adjoint form
+  /// (CSC: v_k ← a_kᴴu − a·v_k, y += a_k v_k) and op' for the direct one (CSR: u_k ← a_k·v −
+  /// a·u_k, w += a_kᴴ u_k). Returns Σ |out_k|². Static, as gather_rows; with Overwrite (a = 0)
+  /// out's old values are not read.
+  template <bool Compressed, bool Overwrite, bool Adjoint>
+  static Real fused_rows(const Storage& st, const Scalar* __restrict in, Scalar* __restrict out,
                          Scalar* __restrict dst, Scalar a, Index lo, Index hi) {
     const StorageIndex* __restrict ptr = st.ptr;
     const StorageIndex* __restrict nnz = st.nnz;
@@ -433,32 +449,34 @@ class CompressedOperator {
     for (Index k = lo; k < hi; ++k) {
       const Index b = ptr[k], e = Compressed ? Index(ptr[k + 1]) : Index(ptr[k] + nnz[k]);
       Scalar s(0);
-      for (Index p = b; p < e; ++p) s += val[p] * v[idx[p]];
-      if constexpr (!Overwrite) s -= a * u[k];
-      u[k] = s;
+      for (Index p = b; p < e; ++p) s += maybe_conj(val[p], Adjoint) * in[idx[p]];
+      if constexpr (!Overwrite) s -= a * out[k];
+      out[k] = s;
       local += Eigen::numext::abs2(s);
-      for (Index p = b; p < e; ++p) dst[idx[p]] += maybe_conj(val[p], true) * s;
+      for (Index p = b; p < e; ++p) dst[idx[p]] += maybe_conj(val[p], !Adjoint) * s;
     }
     return local;
   }
 
-  static Real fused_range(const Storage& st, const Scalar* v, Scalar* u, Scalar* dst, Scalar a,
+  template <bool Adjoint>
+  static Real fused_range(const Storage& st, const Scalar* in, Scalar* out, Scalar* dst, Scalar a,
                           Index lo, Index hi) {
     if (a == Scalar(0))
-      return st.nnz ? fused_rows<false, true>(st, v, u, dst, a, lo, hi)
-                    : fused_rows<true, true>(st, v, u, dst, a, lo, hi);
-    return st.nnz ? fused_rows<false, false>(st, v, u, dst, a, lo, hi)
-                  : fused_rows<true, false>(st, v, u, dst, a, lo, hi);
+      return st.nnz ? fused_rows<false, true, Adjoint>(st, in, out, dst, a, lo, hi)
+                    : fused_rows<true, true, Adjoint>(st, in, out, dst, a, lo, hi);
+    return st.nnz ? fused_rows<false, false, Adjoint>(st, in, out, dst, a, lo, hi)
+                  : fused_rows<true, false, Adjoint>(st, in, out, dst, a, lo, hi);
   }
 
-  /// The fused product; with several threads each thread past the first scatters into its own
-  /// buffer, summed into w at the end (as scatter_parallel).
-  Real fused_product(const Scalar* v, Scalar* u, Scalar* w, Scalar a) const {
+  /// A fused product over the direct layout; with several threads each thread past the first
+  /// scatters into its own buffer, summed into dst at the end (as scatter_parallel).
+  template <bool Adjoint>
+  Real fused_product(const Scalar* in, Scalar* out, Scalar* dst, Scalar a) const {
     const Storage& st = direct_;
     const Index n = inner_;
     if (threads_ == 1) {
-      std::fill(w, w + n, Scalar(0));
-      return fused_range(st, v, u, w, a, 0, st.outer);
+      std::fill(dst, dst + n, Scalar(0));
+      return fused_range<Adjoint>(st, in, out, dst, a, 0, st.outer);
     }
     const int threads = threads_;
     Real norm2 = 0;
@@ -467,15 +485,15 @@ class CompressedOperator {
 #pragma omp parallel num_threads(threads) reduction(+ : norm2)
     {
       const int t = omp_get_thread_num();
-      Scalar* dst = t == 0 ? w : buf + (t - 1) * n;
-      std::fill(dst, dst + n, Scalar(0));
-      norm2 += fused_range(st, v, u, dst, a, st.partition[t], st.partition[t + 1]);
+      Scalar* mine = t == 0 ? dst : buf + (t - 1) * n;
+      std::fill(mine, mine + n, Scalar(0));
+      norm2 += fused_range<Adjoint>(st, in, out, mine, a, st.partition[t], st.partition[t + 1]);
 #pragma omp barrier
 #pragma omp for schedule(static)
       for (Index j = 0; j < n; ++j) {
-        Scalar s = w[j];
+        Scalar s = dst[j];
         for (int b = 1; b < threads; ++b) s += buf[(b - 1) * n + j];
-        w[j] = s;
+        dst[j] = s;
       }
     }
 #endif

@@ -5,6 +5,11 @@
 //
 // A non-finite α or β (the operator produced Inf/NaN) clears `finite`; the caller stops with
 // Status::NonFinite before touching x.
+//
+// Operators that can make both products in one pass over A (docs/solvers.md) are used so: by
+// rows (HasFusedStep: u ← A v − αu and Aᴴũ together, in step()), or by columns
+// (HasFusedAdjointStep: v ← Aᴴu − βv and A ṽ together in step_v, A v then kept for the next
+// step_u).
 #pragma once
 
 #include <cmath>
@@ -31,6 +36,12 @@ struct GolubKahan {
     if (!finite) return;
     if (beta > 0) {
       ws.u *= Scalar(1 / beta);
+      if constexpr (HasFusedAdjointStep<Op>) {
+        if (op.fuses_adjoint_step()) {
+          alpha = fused_step_v(0);
+          return;
+        }
+      }
       op.apply_adjoint(ws.u, ws.v);
       ++rep.rmatvecs;
       alpha = check(norm2(ws.v));
@@ -54,6 +65,20 @@ struct GolubKahan {
 
   /// β u ← A v − α u; returns β.
   Real step_u(Real alpha_k) {
+    if (pending_) {  // A v = ỹ/α from the last fused adjoint product (fused_step_v)
+      pending_ = false;
+      auto& y = ws.tmp_m;
+      y = y * Scalar(1 / pending_scale_) - Scalar(alpha_k) * ws.u;  // u kept for the fall-back
+      const Real b = norm2(y);
+      if (std::isfinite(b)) {
+        ++rep.matvecs;
+        ws.u.swap(y);  // O(1)
+        if (b > 0) ws.u *= Scalar(1 / b);
+        return b;
+      }
+      // A ṽ overflowed where A v may not, or the operator produced Inf/NaN: the plain
+      // product decides.
+    }
     Real b;
     if constexpr (HasFusedNorm<Op>) {  // product, update and ‖u‖² in one pass
       b = norm_from_squares(op.apply_sub_norm2(ws.v, ws.u, alpha_k), ws.u);
@@ -69,6 +94,9 @@ struct GolubKahan {
 
   /// α v ← Aᴴ u − β v; returns α.
   Real step_v(Real beta_k) {
+    if constexpr (HasFusedAdjointStep<Op>) {
+      if (op.fuses_adjoint_step()) return fused_step_v(beta_k);
+    }
     Real a;
     if constexpr (HasFusedNorm<Op>) {
       a = norm_from_squares(op.apply_adjoint_sub_norm2(ws.u, ws.v, beta_k), ws.v);
@@ -89,6 +117,20 @@ struct GolubKahan {
   bool finite = true;
 
  private:
+  /// α v ← Aᴴu − β v with A ṽ (ṽ = α v) from the same pass over A, kept in tmp_m for the next
+  /// step_u; β = 0 does not read v's old values.
+  Real fused_step_v(Real beta_k) {
+    const Real a = check(norm_from_squares(
+        op.apply_adjoint_sub_norm2_apply(ws.u, ws.v, beta_k, ws.tmp_m), ws.v));
+    ++rep.rmatvecs;
+    pending_ = a > 0;
+    if (a > 0) {
+      ws.v *= Scalar(1 / a);
+      pending_scale_ = a;
+    }
+    return a;
+  }
+
   void fused_step(Real& alpha_k, Real& beta_k) {
     auto& w = ws.tmp_n;  // Aᴴũ
     const Real b = check(norm_from_squares(op.apply_sub_norm2_adjoint(ws.v, ws.u, alpha_k, w), ws.u));
@@ -113,6 +155,9 @@ struct GolubKahan {
     finite = false;
     return 0;
   }
+
+  bool pending_ = false;     // tmp_m holds A ṽ for the current v = ṽ/pending_scale_
+  Real pending_scale_ = 1;
 };
 
 }  // namespace detail

@@ -134,17 +134,6 @@ concept HasFusedNorm = requires(const Op& op, Eigen::Ref<const Vector<typename O
   op.apply_adjoint_sub_norm2(in, out, a);
 };
 
-/// An operator that can make both products of a Golub–Kahan step in one pass over A when
-/// fuses_step() says so: apply_sub_norm2_adjoint(v, u, a, w) sets u ← A v − a·u and w ← Aᴴu,
-/// returning ‖u‖².
-template <class Op>
-concept HasFusedStep =
-    requires(const Op& op, Eigen::Ref<const Vector<typename Op::Scalar>> in,
-             Eigen::Ref<Vector<typename Op::Scalar>> out, RealOf<typename Op::Scalar> a) {
-      { op.fuses_step() } -> std::convertible_to<bool>;
-      op.apply_sub_norm2_adjoint(in, out, a, out);
-    };
-
 /// y ← A x − a·y. Uses apply_add when the operator has it (one pass less), else `tmp`.
 template <class Op, class Real>
 void apply_minus_scaled(const Op& op, const Vector<typename Op::Scalar>& x,
