@@ -101,8 +101,8 @@ class EigenOperator {
   bool fuses_adjoint_step() const { return kDense && !kRowMajor; }
   /// u ← A v − a·u, then w ← Aᴴu with that new u; returns ‖u‖². A dense row-major matrix goes
   /// by blocks of rows small enough to stay in cache between A_B v and A_Bᴴ u_B, so A is read
-  /// from memory once instead of twice (3000 × 800: about 0.75× the time of the two products,
-  /// docs/benchmarks.md). a = 0 does not read u's old values.
+  /// from memory once instead of twice (3000 × 800: 0.73× the time of the two products in a
+  /// standalone harness; the layer's benchmark in docs/benchmarks.md). a = 0 does not read u's old values.
   RealOf<Scalar> apply_sub_norm2_adjoint(Eigen::Ref<const Vector<Scalar>> v,
                                          Eigen::Ref<Vector<Scalar>> u, RealOf<Scalar> a,
                                          Eigen::Ref<Vector<Scalar>> w) const {
