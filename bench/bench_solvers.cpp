@@ -582,8 +582,9 @@ void print_summary(const std::vector<std::string>& problems) {
     std::printf("\n| quantity | value |\n| --- | ---: |\n");
     std::printf("| m × n, nnz | %ld × %ld, %ld |\n", static_cast<long>(p.a.rows()),
                 static_cast<long>(p.a.cols()), static_cast<long>(p.a.nonZeros()));
-    std::printf("| minimum bytes per LSQR iteration: two products / one pass over A | %.1f / %.1f MB |\n",
-                two / 1e6, one / 1e6);
+    std::printf(
+        "| minimum bytes per LSQR iteration: two products / one pass over A | %.1f / %.1f MB |\n",
+        two / 1e6, one / 1e6);
     std::printf("| LSQR time per iteration (%d thread(s)) | %.0f µs |\n", solver_threads(),
                 per_it * 1e6);
     std::printf("| effective bandwidth: two products / one pass | %.2f / %.2f GB/s |\n",

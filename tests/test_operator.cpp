@@ -445,8 +445,10 @@ TEST_CASE_TEMPLATE("dense row-major: the fused Golub–Kahan products equal Eige
     for (const Real s : {Real(0.7), Real(0)}) {
       CAPTURE(s);
       const Vector<Scalar> ref_u = a * v - Scalar(s) * u0, ref_w = a.adjoint() * ref_u;
-      Vector<Scalar> u = s != 0 ? u0 : Vector<Scalar>::Constant(m, Scalar(std::numeric_limits<Real>::quiet_NaN()));
-      Vector<Scalar> w = Vector<Scalar>::Constant(n, Scalar(std::numeric_limits<Real>::quiet_NaN()));
+      Vector<Scalar> u =
+          s != 0 ? u0 : Vector<Scalar>::Constant(m, Scalar(std::numeric_limits<Real>::quiet_NaN()));
+      Vector<Scalar> w =
+          Vector<Scalar>::Constant(n, Scalar(std::numeric_limits<Real>::quiet_NaN()));
       const Real nu = op.apply_sub_norm2_adjoint(v, u, s, w);
       CHECK((u - ref_u).norm() <= tol * (1 + ref_u.norm()));
       CHECK((w - ref_w).norm() <= tol * (1 + ref_w.norm()));
@@ -465,8 +467,10 @@ TEST_CASE_TEMPLATE("dense row-major: the fused Golub–Kahan products equal Eige
     for (const Real s : {Real(0.7), Real(0)}) {
       CAPTURE(s);
       const Vector<Scalar> ref_v = a.adjoint() * u - Scalar(s) * v0, ref_y = a * ref_v;
-      Vector<Scalar> v = s != 0 ? v0 : Vector<Scalar>::Constant(n, Scalar(std::numeric_limits<Real>::quiet_NaN()));
-      Vector<Scalar> y = Vector<Scalar>::Constant(m, Scalar(std::numeric_limits<Real>::quiet_NaN()));
+      Vector<Scalar> v =
+          s != 0 ? v0 : Vector<Scalar>::Constant(n, Scalar(std::numeric_limits<Real>::quiet_NaN()));
+      Vector<Scalar> y =
+          Vector<Scalar>::Constant(m, Scalar(std::numeric_limits<Real>::quiet_NaN()));
       const Real nv = op.apply_adjoint_sub_norm2_apply(u, v, s, y);
       CHECK((v - ref_v).norm() <= tol * (1 + ref_v.norm()));
       CHECK((y - ref_y).norm() <= tol * (1 + ref_y.norm()));

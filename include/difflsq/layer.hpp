@@ -202,16 +202,10 @@ class Stacked {
   }
   /// The fused Golub–Kahan products from A's (HasFusedStep): u ← K v − a·u, w ← Kᴴu, one pass
   /// over A. Its adjoint view, the (G12) solve's operator, uses them by columns.
-  bool fuses_step() const
-    requires HasFusedStep<Op>
-  {
-    return a_->fuses_step();
-  }
-  RealOf<Scalar> apply_sub_norm2_adjoint(Eigen::Ref<const Vector<Scalar>> v,
-                                         Eigen::Ref<Vector<Scalar>> u, RealOf<Scalar> a,
-                                         Eigen::Ref<Vector<Scalar>> w) const
-    requires HasFusedStep<Op>
-  {
+  bool fuses_step() const requires HasFusedStep<Op> { return a_->fuses_step(); }
+  RealOf<Scalar> apply_sub_norm2_adjoint(
+      Eigen::Ref<const Vector<Scalar>> v, Eigen::Ref<Vector<Scalar>> u, RealOf<Scalar> a,
+      Eigen::Ref<Vector<Scalar>> w) const requires HasFusedStep<Op> {
     const Index m = a_->rows();
     const RealOf<Scalar> head = a_->apply_sub_norm2_adjoint(v, u.head(m), a, w);
     auto tail = u.tail(v.size());

@@ -51,23 +51,24 @@ namespace detail {
 /// fuses_step() says so: apply_sub_norm2_adjoint(v, u, a, w) sets u ← A v − a·u and w ← Aᴴu,
 /// returning ‖u‖².
 template <class Op>
-concept HasFusedStep =
-    requires(const Op& op, Eigen::Ref<const Vector<typename Op::Scalar>> in,
-             Eigen::Ref<Vector<typename Op::Scalar>> out, RealOf<typename Op::Scalar> a) {
-      { op.fuses_step() } -> std::convertible_to<bool>;
-      op.apply_sub_norm2_adjoint(in, out, a, out);
-    };
+concept HasFusedStep = requires(const Op& op, Eigen::Ref<const Vector<typename Op::Scalar>> in,
+                                Eigen::Ref<Vector<typename Op::Scalar>> out,
+                                RealOf<typename Op::Scalar> a) {
+  { op.fuses_step() } -> std::convertible_to<bool>;
+  op.apply_sub_norm2_adjoint(in, out, a, out);
+};
 
 /// The same for the other order (for operators stored by columns, and adjoints of those stored
 /// by rows): when fuses_adjoint_step() says so, apply_adjoint_sub_norm2_apply(u, v, a, y) sets
 /// v ← Aᴴu − a·v and y ← A v, returning ‖v‖².
 template <class Op>
-concept HasFusedAdjointStep =
-    requires(const Op& op, Eigen::Ref<const Vector<typename Op::Scalar>> in,
-             Eigen::Ref<Vector<typename Op::Scalar>> out, RealOf<typename Op::Scalar> a) {
-      { op.fuses_adjoint_step() } -> std::convertible_to<bool>;
-      op.apply_adjoint_sub_norm2_apply(in, out, a, out);
-    };
+concept HasFusedAdjointStep = requires(const Op& op,
+                                       Eigen::Ref<const Vector<typename Op::Scalar>> in,
+                                       Eigen::Ref<Vector<typename Op::Scalar>> out,
+                                       RealOf<typename Op::Scalar> a) {
+  { op.fuses_adjoint_step() } -> std::convertible_to<bool>;
+  op.apply_adjoint_sub_norm2_apply(in, out, a, out);
+};
 
 }  // namespace detail
 
@@ -102,7 +103,8 @@ class EigenOperator {
   /// u ← A v − a·u, then w ← Aᴴu with that new u; returns ‖u‖². A dense row-major matrix goes
   /// by blocks of rows small enough to stay in cache between A_B v and A_Bᴴ u_B, so A is read
   /// from memory once instead of twice (3000 × 800: 0.73× the time of the two products in a
-  /// standalone harness; the layer's benchmark in docs/benchmarks.md). a = 0 does not read u's old values.
+  /// standalone harness; the layer's benchmark in docs/benchmarks.md). a = 0 does not read u's old
+  /// values.
   RealOf<Scalar> apply_sub_norm2_adjoint(Eigen::Ref<const Vector<Scalar>> v,
                                          Eigen::Ref<Vector<Scalar>> u, RealOf<Scalar> a,
                                          Eigen::Ref<Vector<Scalar>> w) const {
@@ -149,8 +151,8 @@ class EigenOperator {
   /// The fused steps' blocks of rows or columns of this length: at most 256 KB (a quarter of a
   /// 1 MB L2), at most 64.
   static Index block_size(Index length) {
-    return std::clamp<Index>((Index(256) << 10) / (Index(sizeof(Scalar)) * std::max<Index>(length, 1)),
-                             1, 64);
+    return std::clamp<Index>(
+        (Index(256) << 10) / (Index(sizeof(Scalar)) * std::max<Index>(length, 1)), 1, 64);
   }
   /// out ← m·in − a·out (a = 0: out's old values are not read); returns ‖out‖².
   template <class M, class Out>
@@ -226,28 +228,18 @@ class AdjointOperator {
     a_->apply(u, v);
   }
   /// The fused Golub–Kahan products of Aᴴ are A's in the other order.
-  bool fuses_step() const
-    requires detail::HasFusedAdjointStep<Op>
-  {
+  bool fuses_step() const requires detail::HasFusedAdjointStep<Op> {
     return a_->fuses_adjoint_step();
   }
-  RealOf<Scalar> apply_sub_norm2_adjoint(Eigen::Ref<const Vector<Scalar>> v,
-                                         Eigen::Ref<Vector<Scalar>> u, RealOf<Scalar> a,
-                                         Eigen::Ref<Vector<Scalar>> w) const
-    requires detail::HasFusedAdjointStep<Op>
-  {
+  RealOf<Scalar> apply_sub_norm2_adjoint(
+      Eigen::Ref<const Vector<Scalar>> v, Eigen::Ref<Vector<Scalar>> u, RealOf<Scalar> a,
+      Eigen::Ref<Vector<Scalar>> w) const requires detail::HasFusedAdjointStep<Op> {
     return a_->apply_adjoint_sub_norm2_apply(v, u, a, w);
   }
-  bool fuses_adjoint_step() const
-    requires detail::HasFusedStep<Op>
-  {
-    return a_->fuses_step();
-  }
-  RealOf<Scalar> apply_adjoint_sub_norm2_apply(Eigen::Ref<const Vector<Scalar>> u,
-                                               Eigen::Ref<Vector<Scalar>> v, RealOf<Scalar> a,
-                                               Eigen::Ref<Vector<Scalar>> y) const
-    requires detail::HasFusedStep<Op>
-  {
+  bool fuses_adjoint_step() const requires detail::HasFusedStep<Op> { return a_->fuses_step(); }
+  RealOf<Scalar> apply_adjoint_sub_norm2_apply(
+      Eigen::Ref<const Vector<Scalar>> u, Eigen::Ref<Vector<Scalar>> v, RealOf<Scalar> a,
+      Eigen::Ref<Vector<Scalar>> y) const requires detail::HasFusedStep<Op> {
     return a_->apply_sub_norm2_adjoint(u, v, a, y);
   }
 

@@ -74,15 +74,10 @@ class ScaledOperator {
     v = v.cwiseProduct(d_->template cast<Scalar>());
   }
   /// The fused Golub–Kahan products of A·D from A's (HasFusedStep).
-  bool fuses_step() const
-    requires HasFusedStep<Op>
-  {
-    return a_->fuses_step();
-  }
+  bool fuses_step() const requires HasFusedStep<Op> { return a_->fuses_step(); }
   Real apply_sub_norm2_adjoint(Eigen::Ref<const Vector<Scalar>> v, Eigen::Ref<Vector<Scalar>> u,
-                               Real a, Eigen::Ref<Vector<Scalar>> w) const
-    requires HasFusedStep<Op>
-  {
+                               Real a,
+                               Eigen::Ref<Vector<Scalar>> w) const requires HasFusedStep<Op> {
     *buf_ = d_->template cast<Scalar>().cwiseProduct(v);
     const Real norm2 = a_->apply_sub_norm2_adjoint(*buf_, u, a, w);
     w = w.cwiseProduct(d_->template cast<Scalar>());

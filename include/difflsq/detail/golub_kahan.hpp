@@ -120,8 +120,8 @@ struct GolubKahan {
   /// α v ← Aᴴu − β v with A ṽ (ṽ = α v) from the same pass over A, kept in tmp_m for the next
   /// step_u; β = 0 does not read v's old values.
   Real fused_step_v(Real beta_k) {
-    const Real a = check(norm_from_squares(
-        op.apply_adjoint_sub_norm2_apply(ws.u, ws.v, beta_k, ws.tmp_m), ws.v));
+    const Real a = check(
+        norm_from_squares(op.apply_adjoint_sub_norm2_apply(ws.u, ws.v, beta_k, ws.tmp_m), ws.v));
     ++rep.rmatvecs;
     pending_ = a > 0;
     if (a > 0) {
@@ -133,7 +133,8 @@ struct GolubKahan {
 
   void fused_step(Real& alpha_k, Real& beta_k) {
     auto& w = ws.tmp_n;  // Aᴴũ
-    const Real b = check(norm_from_squares(op.apply_sub_norm2_adjoint(ws.v, ws.u, alpha_k, w), ws.u));
+    const Real b =
+        check(norm_from_squares(op.apply_sub_norm2_adjoint(ws.v, ws.u, alpha_k, w), ws.u));
     ++rep.matvecs;
     beta_k = b;
     if (!(b > 0)) return;  // β = 0 (the unfused step makes no Aᴴ product then), or non-finite
@@ -156,7 +157,7 @@ struct GolubKahan {
     return 0;
   }
 
-  bool pending_ = false;     // tmp_m holds A ṽ for the current v = ṽ/pending_scale_
+  bool pending_ = false;  // tmp_m holds A ṽ for the current v = ṽ/pending_scale_
   Real pending_scale_ = 1;
 };
 
