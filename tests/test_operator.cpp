@@ -11,6 +11,25 @@
 using namespace difflsq;
 using namespace difflsq::test;
 
+namespace {
+
+/// An m × n CSR matrix keeping each entry of a random dense one with probability `density`.
+template <class Scalar>
+Eigen::SparseMatrix<Scalar, Eigen::RowMajor> random_csr(Index m, Index n, double density,
+                                                        std::mt19937_64& gen) {
+  std::bernoulli_distribution keep(density);
+  std::vector<Eigen::Triplet<Scalar>> t;
+  const Mat<Scalar> vals = random_matrix<Scalar>(m, n, gen);
+  for (Index i = 0; i < m; ++i)
+    for (Index j = 0; j < n; ++j)
+      if (keep(gen)) t.emplace_back(i, j, vals(i, j));
+  Eigen::SparseMatrix<Scalar, Eigen::RowMajor> a(m, n);
+  a.setFromTriplets(t.begin(), t.end());
+  return a;
+}
+
+}  // namespace
+
 TEST_CASE_TEMPLATE("check_adjoint passes for correct operators and fails for a wrong adjoint",
                    Scalar, float, double, std::complex<float>, std::complex<double>) {
   std::mt19937_64 gen(1);
@@ -73,14 +92,7 @@ TEST_CASE_TEMPLATE("CompressedOperator equals Eigen's products: CSR/CSC, uncompr
                    Scalar, double, std::complex<float>) {
   using Real = RealOf<Scalar>;
   std::mt19937_64 gen(4);
-  std::bernoulli_distribution keep(0.05);
-  std::vector<Eigen::Triplet<Scalar>> t;
-  const Mat<Scalar> vals = random_matrix<Scalar>(300, 170, gen);
-  for (int i = 0; i < 300; ++i)
-    for (int j = 0; j < 170; ++j)
-      if (keep(gen)) t.emplace_back(i, j, vals(i, j));
-  Eigen::SparseMatrix<Scalar, Eigen::RowMajor> csr(300, 170);
-  csr.setFromTriplets(t.begin(), t.end());
+  Eigen::SparseMatrix<Scalar, Eigen::RowMajor> csr = random_csr<Scalar>(300, 170, 0.05, gen);
   const Eigen::SparseMatrix<Scalar, Eigen::ColMajor> csc = csr;
   Eigen::SparseMatrix<Scalar, Eigen::RowMajor> loose = csr;  // uncompressed: room per row
   loose.reserve(Eigen::VectorXi::Constant(300, 3));
@@ -332,14 +344,7 @@ TEST_CASE_TEMPLATE("the fused Golub–Kahan step gives LSQR's and LSMR's unfused
                    double, std::complex<double>) {
   using Real = RealOf<Scalar>;
   std::mt19937_64 gen(8);
-  std::bernoulli_distribution keep(0.04);
-  std::vector<Eigen::Triplet<Scalar>> t;
-  const Mat<Scalar> vals = random_matrix<Scalar>(400, 150, gen);
-  for (int i = 0; i < 400; ++i)
-    for (int j = 0; j < 150; ++j)
-      if (keep(gen)) t.emplace_back(i, j, vals(i, j));
-  Eigen::SparseMatrix<Scalar, Eigen::RowMajor> csr(400, 150);
-  csr.setFromTriplets(t.begin(), t.end());
+  Eigen::SparseMatrix<Scalar, Eigen::RowMajor> csr = random_csr<Scalar>(400, 150, 0.04, gen);
   Eigen::SparseMatrix<Scalar, Eigen::RowMajor> loose = csr;
   loose.reserve(Eigen::VectorXi::Constant(400, 2));
   loose.coeffRef(3, 4) += Scalar(Real(1));

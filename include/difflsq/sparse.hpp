@@ -401,6 +401,19 @@ class CompressedOperator {
 
   Real scatter_parallel(const Scalar* u, Scalar* v, Scalar a, bool want_norm, bool conj) const {
     const Storage& st = direct_;
+    return scatter_threads(v, a, want_norm, [&](Scalar* target, Index lo, Index hi) {
+      scatter_range(st, u, target, conj, lo, hi);
+      return Real(0);
+    });
+  }
+
+  /// The parallel frame of the scattering products: thread 0 scatters into dst (first scaled by
+  /// −a, or zeroed when a = 0), thread t > 0 into its buffer t − 1 (zeroed), each over its own
+  /// outer range by body(target, lo, hi), which returns a partial sum of squares (or 0); the
+  /// buffers are then summed into dst, adding ‖dst‖² to the result when asked.
+  template <class Body>
+  Real scatter_threads(Scalar* dst, Scalar a, bool want_norm, Body body) const {
+    const Storage& st = direct_;
     const Index n = inner_;
     const int threads = threads_;
     Real norm2 = 0;
@@ -409,23 +422,18 @@ class CompressedOperator {
 #pragma omp parallel num_threads(threads) reduction(+ : norm2)
     {
       const int t = omp_get_thread_num();
-      // Thread 0 scatters into v (scaled first), thread t > 0 into buffer t − 1.
-      Scalar* dst = t == 0 ? v : buf + (t - 1) * n;
-      if (t == 0) {
-        if (a == Scalar(0))
-          std::fill(v, v + n, Scalar(0));
-        else
-          for (Index j = 0; j < n; ++j) v[j] *= -a;
-      } else {
-        std::fill(dst, dst + n, Scalar(0));
-      }
-      scatter_range(st, u, dst, conj, st.partition[t], st.partition[t + 1]);
+      Scalar* mine = t == 0 ? dst : buf + (t - 1) * n;
+      if (t == 0 && a != Scalar(0))
+        for (Index j = 0; j < n; ++j) dst[j] *= -a;
+      else
+        std::fill(mine, mine + n, Scalar(0));
+      norm2 += body(mine, st.partition[t], st.partition[t + 1]);
 #pragma omp barrier
 #pragma omp for schedule(static)
       for (Index j = 0; j < n; ++j) {
-        Scalar s = v[j];
+        Scalar s = dst[j];
         for (int b = 1; b < threads; ++b) s += buf[(b - 1) * n + j];
-        v[j] = s;
+        dst[j] = s;
         if (want_norm) norm2 += Eigen::numext::abs2(s);
       }
     }
@@ -468,36 +476,17 @@ class CompressedOperator {
                   : fused_rows<true, false, Adjoint>(st, in, out, dst, a, lo, hi);
   }
 
-  /// A fused product over the direct layout; with several threads each thread past the first
-  /// scatters into its own buffer, summed into dst at the end (as scatter_parallel).
+  /// A fused product over the direct layout; with several threads, in scatter_threads' frame.
   template <bool Adjoint>
   Real fused_product(const Scalar* in, Scalar* out, Scalar* dst, Scalar a) const {
     const Storage& st = direct_;
-    const Index n = inner_;
     if (threads_ == 1) {
-      std::fill(dst, dst + n, Scalar(0));
+      std::fill(dst, dst + inner_, Scalar(0));
       return fused_range<Adjoint>(st, in, out, dst, a, 0, st.outer);
     }
-    const int threads = threads_;
-    Real norm2 = 0;
-#ifdef _OPENMP
-    Scalar* buf = buffers_.data();
-#pragma omp parallel num_threads(threads) reduction(+ : norm2)
-    {
-      const int t = omp_get_thread_num();
-      Scalar* mine = t == 0 ? dst : buf + (t - 1) * n;
-      std::fill(mine, mine + n, Scalar(0));
-      norm2 += fused_range<Adjoint>(st, in, out, mine, a, st.partition[t], st.partition[t + 1]);
-#pragma omp barrier
-#pragma omp for schedule(static)
-      for (Index j = 0; j < n; ++j) {
-        Scalar s = dst[j];
-        for (int b = 1; b < threads; ++b) s += buf[(b - 1) * n + j];
-        dst[j] = s;
-      }
-    }
-#endif
-    return norm2;
+    return scatter_threads(dst, Scalar(0), false, [&](Scalar* target, Index lo, Index hi) {
+      return fused_range<Adjoint>(st, in, out, target, a, lo, hi);
+    });
   }
 
   const Matrix* a_;
