@@ -14,10 +14,17 @@
 // product through one recorded application of fn; θ̄ is one autograd pass over Σ Re⟨u, A(θ)v⟩
 // for the rank-one terms Σ u vᴴ of Ā. The backward pass is the adjoint rule of layer.hpp
 // (docs/gradients.md). CPU tensors, float32, float64, complex64 or complex128 (kept; damp is
-// real, of the same precision). Reverse mode only: LibTorch 1.13's C++ Functions have no
-// forward-mode hook (LeastSquares::jvp has the rule). First-order gradients with
-// create_graph = true are exact; differentiating them again (double backward) throws. Not part
-// of difflsq.hpp: link LibTorch (find_package(Torch)).
+// real, of the same precision). First-order gradients with create_graph = true are exact;
+// differentiating them again (double backward) throws.
+//
+// Forward mode: LibTorch 1.13's C++ Functions have no forward-mode hook, so lstsq() looks for
+// forward-mode tangents itself. When A, b, damp or a parameter is a dual tensor (level 0, made by
+// at::_make_dual inside a forward-AD level), the returned x is a dual tensor whose tangent ẋ is
+// the rule of LeastSquares::jvp (docs/gradients.md, G8), computed with the forward solve's
+// context (for a callable, Ȧv and Ȧᴴu by reverse mode twice through fn). lstsq_jvp() returns
+// (x, ẋ) for explicit tangents, without dual tensors. Tangents are not differentiable again
+// (reverse-over-forward throws, as double backward does). Not part of difflsq.hpp: link
+// LibTorch (find_package(Torch)).
 #pragma once
 
 #include <torch/torch.h>
@@ -179,7 +186,8 @@ class GradientsNode : public torch::autograd::Function<GradientsNode> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
                                                  torch::autograd::variable_list) {
     throw std::runtime_error(
-        "difflsq::lstsq does not support double backward (second derivatives)");
+        "difflsq::lstsq does not support double backward (second derivatives, or gradients of "
+        "forward-mode tangents)");
   }
 };
 
@@ -201,6 +209,58 @@ inline torch::autograd::variable_list recorded(torch::autograd::variable_list gr
   const auto out = GradientsNode::apply(std::move(values), torch::TensorList(defined));
   for (std::size_t k = 0; k < where.size(); ++k) grads[where[k]] = out[k];
   return grads;
+}
+
+/// Forward-mode tangents of lstsq's inputs (undefined: zero), and where its forward pass
+/// leaves ẋ (shaped as x in (n, k) columns). Passed to the Functions by pointer: not an input.
+struct TangentRequest {
+  TangentRequest(torch::Tensor a_dot, torch::Tensor b_dot, torch::Tensor damp_dot,
+                 std::vector<torch::Tensor> params_dot = {})
+      : a(std::move(a_dot)),
+        b(std::move(b_dot)),
+        damp(std::move(damp_dot)),
+        params(std::move(params_dot)) {}
+  torch::Tensor a, b, damp;
+  std::vector<torch::Tensor> params;
+  torch::Tensor x;
+  bool any() const {
+    bool p = false;
+    for (const auto& t : params) p = p || t.defined();
+    return a.defined() || b.defined() || damp.defined() || p;
+  }
+};
+
+/// t's forward-mode tangent at level 0 (the only level LibTorch 1.13 has), undefined when it
+/// has none or it is a symbolic zero.
+inline torch::Tensor tangent_of(const torch::Tensor& t) {
+  if (!t.defined()) return {};
+  const auto& d = t._fw_grad(0);
+  if (!d.defined() || d._is_zerotensor()) return {};
+  return d;
+}
+
+/// t without its forward-mode tangent (same values and reverse-mode history).
+inline torch::Tensor primal_of(const torch::Tensor& t) {
+  return t.defined() && t._fw_grad(0).defined() ? t._fw_primal(0) : t;
+}
+
+/// A tangent given for `what`: undefined, or a CPU tensor of `like`'s shape and dtype (a
+/// complex tangent for a real input is an error, not silently truncated).
+inline torch::Tensor checked_tangent(const torch::Tensor& t, const torch::Tensor& like,
+                                     const std::string& what) {
+  if (!t.defined()) return t;
+  check_tensor(t, "the tangent of " + what);
+  if (t.sizes() != like.sizes() || t.scalar_type() != like.scalar_type())
+    throw std::invalid_argument("difflsq::lstsq: the tangent of " + what +
+                                " must have its shape and dtype");
+  if (!torch::isfinite(t).all().item<bool>())
+    throw std::invalid_argument("difflsq::lstsq: the tangent of " + what + " is not finite");
+  return dense(t);
+}
+
+/// The columns of a tangent of b, (m) or (m, k), as rows of a contiguous (k, m) tensor.
+inline torch::Tensor tangent_rows(const torch::Tensor& t, int64_t m) {
+  return t.defined() ? dense(as_columns(t, m).t()) : t;
 }
 
 /// A TorchOperator as a LinearOperator (operator.hpp). Aᴴu is the vector–Jacobian product of
@@ -263,6 +323,42 @@ class TorchCallable {
     return out;
   }
 
+  /// Ȧ·w (adjoint = false) or Ȧᴴ·w (true) for tangents θ̇ of the parameters (undefined: 0), by
+  /// reverse mode twice: with s(u, v) = Σ_i Re⟨∇_{θ_i} Re⟨u, A(θ)v⟩, θ̇_i⟩ = Re⟨u, Ȧv⟩ (A
+  /// holomorphic in θ, or θ real), Ȧv = ∇_u s and Ȧᴴu = ∇_v s; s is bilinear, so the other
+  /// vector may be anything (0). Two autograd passes per product; a jvp needs two or three.
+  Vector<Scalar> derivative(const std::vector<torch::Tensor>& dots,
+                            Eigen::Ref<const Vector<Scalar>> w, bool adjoint) const {
+    Vector<Scalar> out = Vector<Scalar>::Zero(adjoint ? n_ : m_);
+    torch::AutoGradMode on(true);
+    std::vector<torch::Tensor> leaves, moving, tangents;
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      const bool d = i < dots.size() && dots[i].defined();
+      leaves.push_back(params_[i].detach().requires_grad_(d));
+      if (d) {
+        moving.push_back(leaves.back());
+        tangents.push_back(dots[i].reshape(-1));
+      }
+    }
+    const auto opts = torch::TensorOptions().dtype(torch_dtype<Scalar>());
+    const auto other = torch::zeros({adjoint ? n_ : m_}, opts).requires_grad_(true);
+    const auto given = to_tensor<Scalar>(w);
+    const auto inner =
+        torch::real(torch::vdot(adjoint ? given : other, call(adjoint ? other : given, leaves)));
+    if (moving.empty() || !inner.requires_grad()) return out;
+    const auto g = torch::autograd::grad({inner}, moving, {}, true, true, true);
+    torch::Tensor s;
+    for (std::size_t i = 0; i < g.size(); ++i)
+      if (g[i].defined()) {
+        const auto term = torch::real(torch::vdot(g[i].reshape(-1), tangents[i]));
+        s = s.defined() ? s + term : term;
+      }
+    if (!s.defined() || !s.requires_grad()) return out;  // Ȧ = 0
+    const auto d = torch::autograd::grad({s}, {other}, {}, false, false, true)[0];
+    if (d.defined()) out = Eigen::Map<const Vector<Scalar>>(data<Scalar>(dense(d)), out.size());
+    return out;
+  }
+
  private:
   TorchOperator fn_;
   Index m_, n_;
@@ -299,12 +395,13 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& a,
                                const torch::Tensor& b, const torch::Tensor& damp,
-                               const TorchLstsqOptions& options) {
+                               const TorchLstsqOptions& options,
+                               detail::TangentRequest* tangents = nullptr) {
     const auto ac = detail::dense(a);
     const auto b2 = detail::dense(detail::as_columns(b, a.size(0)));
     torch::Tensor x, r, status, anorm;  // status: (status, iterations) per column
     detail::dispatch(a.scalar_type(), [&](auto s) {
-      run_forward<decltype(s)>(ac, b2, damp, options, x, r, status, anorm);
+      run_forward<decltype(s)>(ac, b2, damp, options, tangents, x, r, status, anorm);
     });
     ctx->save_for_backward({ac, b2, x, r, damp, a, b});  // a, b: GradientsNode's inputs
     ctx->saved_data["status"] = status;
@@ -333,7 +430,7 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
       });
       if (grads[0].dim() == 1) bbar = bbar.reshape({a.size(0)});
     }
-    return detail::recorded({abar, bbar, dbar, torch::Tensor()},
+    return detail::recorded({abar, bbar, dbar, torch::Tensor(), torch::Tensor()},
                             {grads[0], saved[5], saved[6], saved[4]});
   }
 
@@ -353,8 +450,9 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
 
   template <class Scalar>
   static void run_forward(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& damp,
-                          const TorchLstsqOptions& options, torch::Tensor& x, torch::Tensor& r,
-                          torch::Tensor& status, torch::Tensor& anorm) {
+                          const TorchLstsqOptions& options, detail::TangentRequest* tangents,
+                          torch::Tensor& x, torch::Tensor& r, torch::Tensor& status,
+                          torch::Tensor& anorm) {
     const Index m = a.size(0), n = a.size(1), k = b.size(1);
     const detail::TensorMap<Scalar> map(detail::data<Scalar>(a), m, n);
     const auto op = parameterized(map);
@@ -363,10 +461,25 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
     status = torch::empty({k, 2}, torch::kLong);
     anorm = torch::empty({k}, torch::kDouble);
     const auto bt = detail::dense(b.t());  // column j of b is row j of bᵀ
-    std::vector<Vector<Scalar>> xs(k), rs(k);
+    std::vector<Vector<Scalar>> xs(k), rs(k), dxs;
+    // Forward mode: Ȧ is θ̇ of the row-major matrix parameters (a's layout).
+    Tangents<Scalar> t;
+    torch::Tensor dbt;
+    if (tangents) {
+      if (tangents->a.defined())
+        t.theta = Eigen::Map<const Vector<Scalar>>(detail::data<Scalar>(tangents->a), m * n);
+      dbt = detail::tangent_rows(tangents->b, m);
+      if (tangents->damp.defined())
+        t.damp = static_cast<RealOf<Scalar>>(tangents->damp.item<double>());
+    }
     for (Index j = 0; j < k; ++j) {
       const Eigen::Map<const Vector<Scalar>> bj(detail::data<Scalar>(bt) + j * m, m);
       auto f = layer.forward(op, bj, lam);
+      if (tangents) {
+        if (dbt.defined())
+          t.b = Eigen::Map<const Vector<Scalar>>(detail::data<Scalar>(dbt) + j * m, m);
+        dxs.push_back(layer.jvp(f, t).x);
+      }
       xs[j] = std::move(f.x);
       rs[j] = std::move(f.r);
       status[j][0] = static_cast<int64_t>(f.report.status);
@@ -375,6 +488,7 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
     }
     x = detail::from_columns(xs, n);
     r = detail::from_columns(rs, m);
+    if (tangents) tangents->x = detail::from_columns(dxs, n);
   }
 
   template <class Scalar>
@@ -424,7 +538,8 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& b,
                                const torch::Tensor& damp, torch::TensorList params,
                                const TorchOperator& fn, std::array<int64_t, 2> shape,
-                               const TorchLstsqOptions& options) {
+                               const TorchLstsqOptions& options,
+                               detail::TangentRequest* tangents = nullptr) {
     const auto [m, n] = shape;
     const auto b2 = detail::dense(detail::as_columns(b, m));
     torch::Tensor x;
@@ -435,13 +550,39 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
           detail::TorchCallable<Scalar>(fn, m, n, params.vec()), options);
       const auto bt = detail::dense(b2.t());
       const auto lam = static_cast<RealOf<Scalar>>(damp.item<double>());
-      std::vector<Vector<Scalar>> xs;
+      std::vector<Vector<Scalar>> xs, dxs;
+      Tangents<Scalar> t;
+      torch::Tensor dbt;
+      if (tangents) {
+        bool moving = false;
+        for (const auto& d : tangents->params) moving = moving || d.defined();
+        if (moving) {  // Ȧv and Ȧᴴu through fn (the jvp of a column asks for two or three)
+          const auto* op = &st->op;
+          const auto* dots = &tangents->params;
+          t.a_dot = [op, dots](Eigen::Ref<const Vector<Scalar>> v, Eigen::Ref<Vector<Scalar>> y) {
+            y = op->derivative(*dots, v, false);
+          };
+          t.a_dot_adjoint = [op, dots](Eigen::Ref<const Vector<Scalar>> u,
+                                       Eigen::Ref<Vector<Scalar>> w) {
+            w = op->derivative(*dots, u, true);
+          };
+        }
+        dbt = detail::tangent_rows(tangents->b, m);
+        if (tangents->damp.defined())
+          t.damp = static_cast<RealOf<Scalar>>(tangents->damp.item<double>());
+      }
       for (Index j = 0; j < bt.size(0); ++j) {
         const Eigen::Map<const Vector<Scalar>> bj(detail::data<Scalar>(bt) + j * m, m);
         st->columns.push_back(st->layer.forward(st->op, bj, lam));
+        if (tangents) {
+          if (dbt.defined())
+            t.b = Eigen::Map<const Vector<Scalar>>(detail::data<Scalar>(dbt) + j * m, m);
+          dxs.push_back(st->layer.jvp(st->columns.back(), t).x);
+        }
         xs.push_back(st->columns.back().x);
       }
       x = detail::from_columns(xs, n);
+      if (tangents) tangents->x = detail::from_columns(dxs, n);
       state = st;
     });
     // The parameters are saved so that autograd's version check catches an in-place change
@@ -462,7 +603,7 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
     inputs.push_back(grads[0]);                     // all of GradientsNode's inputs
     const auto capsule = ctx->saved_data["state"].toCapsule();
     const bool vector_b = ctx->saved_data["vector_b"].toBool();
-    torch::autograd::variable_list out(2 + count + 3);
+    torch::autograd::variable_list out(2 + count + 4);  // + fn, shape, options, tangents
     {
       torch::NoGradGuard off;  // GradientsNode records the results
       detail::dispatch(grads[0].scalar_type(), [&](auto s) {
@@ -494,17 +635,77 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
   }
 };
 
+namespace detail {
+
+/// The checks shared by lstsq and lstsq_jvp for a tensor A.
+inline void check_inputs(const torch::Tensor& a, const torch::Tensor& b,
+                         const torch::Tensor& damp) {
+  check_tensor(a, "A");
+  if (a.dim() != 2) throw std::invalid_argument("difflsq::lstsq: A must be 2-D");
+  dispatch(a.scalar_type(), [](auto) {});
+  check_b_and_damp(b, damp, a.size(0), a.scalar_type());
+}
+
+/// The same for a callable.
+inline void check_inputs(const TorchOperator& fn, std::array<int64_t, 2> shape,
+                         const torch::Tensor& b, const torch::Tensor& damp,
+                         const std::vector<torch::Tensor>& params) {
+  if (!fn) throw std::invalid_argument("difflsq::lstsq: the operator is empty");
+  if (shape[0] < 0 || shape[1] < 0)
+    throw std::invalid_argument("difflsq::lstsq: the shape must not be negative");
+  check_tensor(b, "b");
+  dispatch(b.scalar_type(), [](auto) {});
+  check_b_and_damp(b, damp, shape[0], b.scalar_type());
+  for (std::size_t i = 0; i < params.size(); ++i)
+    check_tensor(params[i], "params[" + std::to_string(i) + "]");
+}
+
+/// The tangents of request checked against the inputs they belong to (damp's reshaped to 0-d).
+inline void check_tangents(TangentRequest& t, const torch::Tensor* a, const torch::Tensor& b,
+                           const torch::Tensor& damp, const std::vector<torch::Tensor>& params) {
+  if (a) t.a = checked_tangent(t.a, *a, "A");
+  t.b = checked_tangent(t.b, b, "b");
+  t.damp = checked_tangent(t.damp, damp, "damp");
+  if (t.damp.defined()) t.damp = t.damp.reshape({});
+  if (t.params.size() > params.size())
+    throw std::invalid_argument("difflsq::lstsq: more parameter tangents than parameters");
+  for (std::size_t i = 0; i < t.params.size(); ++i)
+    t.params[i] = checked_tangent(t.params[i], params[i], "params[" + std::to_string(i) + "]");
+}
+
+/// ẋ shaped as x; under grad mode, an output of the inputs and tangents whose backward throws
+/// (the rule runs on raw memory: reverse mode through ẋ would otherwise give zeros).
+inline torch::Tensor tangent_result(const TangentRequest& t, const torch::Tensor& x,
+                                    torch::autograd::variable_list inputs) {
+  inputs.insert(inputs.end(), {t.a, t.b, t.damp});
+  inputs.insert(inputs.end(), t.params.begin(), t.params.end());
+  return recorded({t.x.reshape(x.sizes())}, inputs)[0];
+}
+
+/// Throws if an input of lstsq_jvp carries a forward-mode tangent of its own.
+inline void check_not_dual(const torch::Tensor& t, const std::string& what) {
+  if (tangent_of(t).defined())
+    throw std::invalid_argument("difflsq::lstsq_jvp: " + what +
+                                " is a dual tensor; give its tangent as an argument, or call "
+                                "lstsq, which reads dual tensors");
+}
+
+}  // namespace detail
+
 /// Differentiable argmin_x ‖A x − b‖² + damp²‖x‖² (minimum-norm where not unique). A (m, n),
 /// b (m) or (m, k) (k independent solves), damp a real 0-d tensor (it receives a gradient when
-/// it requires one). Throws std::invalid_argument for bad input and SolveError when a solve does
-/// not converge under FailurePolicy::Raise.
+/// it requires one). Dual tensors (forward mode, see the top of this file) give a dual x. Throws
+/// std::invalid_argument for bad input and SolveError when a solve does not converge under
+/// FailurePolicy::Raise.
 inline torch::Tensor lstsq(const torch::Tensor& a, const torch::Tensor& b,
                            const torch::Tensor& damp, const TorchLstsqOptions& options = {}) {
-  detail::check_tensor(a, "A");
-  if (a.dim() != 2) throw std::invalid_argument("difflsq::lstsq: A must be 2-D");
-  detail::dispatch(a.scalar_type(), [](auto) {});
-  detail::check_b_and_damp(b, damp, a.size(0), a.scalar_type());
-  return LstsqFunction::apply(a, b, damp.reshape({}), options);
+  detail::check_inputs(a, b, damp);
+  detail::TangentRequest t(detail::tangent_of(a), detail::tangent_of(b), detail::tangent_of(damp));
+  if (!t.any()) return LstsqFunction::apply(a, b, damp.reshape({}), options, nullptr);
+  const auto ap = detail::primal_of(a), bp = detail::primal_of(b), dp = detail::primal_of(damp);
+  detail::check_tangents(t, &ap, bp, dp, {});
+  const auto x = LstsqFunction::apply(ap, bp, dp.reshape({}), options, &t);
+  return at::_make_dual(x, detail::tangent_result(t, x, {ap, bp, dp}), 0);
 }
 
 inline torch::Tensor lstsq(const torch::Tensor& a, const torch::Tensor& b, double damp = 0,
@@ -515,21 +716,27 @@ inline torch::Tensor lstsq(const torch::Tensor& a, const torch::Tensor& b, doubl
 }
 
 /// The same for a matrix-free A(θ) of shape {m, n}: fn(v, params) = A(params)·v. The dtype is
-/// b's; gradients reach b, damp and the tensors in params that require one.
+/// b's; gradients reach b, damp and the tensors in params that require one, and tangents of
+/// b, damp and params (dual tensors) give a dual x.
 inline torch::Tensor lstsq(const TorchOperator& fn, std::array<int64_t, 2> shape,
                            const torch::Tensor& b, const torch::Tensor& damp,
                            const std::vector<torch::Tensor>& params = {},
                            const TorchLstsqOptions& options = {}) {
-  if (!fn) throw std::invalid_argument("difflsq::lstsq: the operator is empty");
-  if (shape[0] < 0 || shape[1] < 0)
-    throw std::invalid_argument("difflsq::lstsq: the shape must not be negative");
-  detail::check_tensor(b, "b");
-  detail::dispatch(b.scalar_type(), [](auto) {});
-  detail::check_b_and_damp(b, damp, shape[0], b.scalar_type());
-  for (std::size_t i = 0; i < params.size(); ++i)
-    detail::check_tensor(params[i], "params[" + std::to_string(i) + "]");
-  return LstsqCallableFunction::apply(b, damp.reshape({}), torch::TensorList(params), fn, shape,
-                                      options);
+  detail::check_inputs(fn, shape, b, damp, params);
+  detail::TangentRequest t({}, detail::tangent_of(b), detail::tangent_of(damp));
+  for (const auto& p : params) t.params.push_back(detail::tangent_of(p));
+  if (!t.any())
+    return LstsqCallableFunction::apply(b, damp.reshape({}), torch::TensorList(params), fn, shape,
+                                        options, nullptr);
+  const auto bp = detail::primal_of(b), dp = detail::primal_of(damp);
+  std::vector<torch::Tensor> pp;
+  for (const auto& p : params) pp.push_back(detail::primal_of(p));
+  detail::check_tangents(t, nullptr, bp, dp, pp);
+  const auto x = LstsqCallableFunction::apply(bp, dp.reshape({}), torch::TensorList(pp), fn, shape,
+                                              options, &t);
+  auto inputs = pp;
+  inputs.insert(inputs.end(), {bp, dp});
+  return at::_make_dual(x, detail::tangent_result(t, x, inputs), 0);
 }
 
 inline torch::Tensor lstsq(const TorchOperator& fn, std::array<int64_t, 2> shape,
@@ -540,6 +747,44 @@ inline torch::Tensor lstsq(const TorchOperator& fn, std::array<int64_t, 2> shape
   return lstsq(fn, shape, b,
                torch::full({}, damp, b.options().dtype(c10::toRealValueType(b.scalar_type()))),
                params, options);
+}
+
+/// Forward mode without dual tensors: (x, ẋ) for tangents Ȧ, ḃ, λ̇ (undefined: zero; each of
+/// its input's shape and dtype). One forward solve and the solves of the rule (G8, one or two
+/// per column of b). x is differentiable as lstsq's; ẋ is not differentiable again.
+inline std::pair<torch::Tensor, torch::Tensor> lstsq_jvp(
+    const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& damp,
+    const torch::Tensor& a_dot, const torch::Tensor& b_dot, const torch::Tensor& damp_dot,
+    const TorchLstsqOptions& options = {}) {
+  detail::check_inputs(a, b, damp);
+  detail::check_not_dual(a, "A");
+  detail::check_not_dual(b, "b");
+  detail::check_not_dual(damp, "damp");
+  detail::TangentRequest t(a_dot, b_dot, damp_dot);
+  detail::check_tangents(t, &a, b, damp, {});
+  const auto x = LstsqFunction::apply(a, b, damp.reshape({}), options, &t);
+  return {x, detail::tangent_result(t, x, {a, b, damp})};
+}
+
+/// The same for a callable: tangents of b, damp and params (params_dot[i] for params[i];
+/// undefined or missing: zero).
+inline std::pair<torch::Tensor, torch::Tensor> lstsq_jvp(
+    const TorchOperator& fn, std::array<int64_t, 2> shape, const torch::Tensor& b,
+    const torch::Tensor& damp, const std::vector<torch::Tensor>& params,
+    const std::vector<torch::Tensor>& params_dot, const torch::Tensor& b_dot,
+    const torch::Tensor& damp_dot, const TorchLstsqOptions& options = {}) {
+  detail::check_inputs(fn, shape, b, damp, params);
+  detail::check_not_dual(b, "b");
+  detail::check_not_dual(damp, "damp");
+  for (std::size_t i = 0; i < params.size(); ++i)
+    detail::check_not_dual(params[i], "params[" + std::to_string(i) + "]");
+  detail::TangentRequest t({}, b_dot, damp_dot, params_dot);
+  detail::check_tangents(t, nullptr, b, damp, params);
+  const auto x = LstsqCallableFunction::apply(b, damp.reshape({}), torch::TensorList(params), fn,
+                                              shape, options, &t);
+  auto inputs = params;
+  inputs.insert(inputs.end(), {b, damp});
+  return {x, detail::tangent_result(t, x, inputs)};
 }
 
 }  // namespace difflsq

@@ -336,3 +336,138 @@ DOCTEST_TEST_CASE("LibTorch layer: create_graph: exact first-order gradients, se
     }
   }
 }
+
+namespace {
+/// A forward-mode AD level for the scope (LibTorch's C++ form of Python's fwAD.dual_level()).
+struct DualLevel {
+  uint64_t idx = torch::autograd::ForwardADLevel::get_next_idx();
+  ~DualLevel() { torch::autograd::ForwardADLevel::release_idx(idx); }
+};
+torch::Tensor dual(const torch::Tensor& primal, const torch::Tensor& tangent) {
+  return at::_make_dual(primal, tangent, 0);
+}
+torch::Tensor tangent(const torch::Tensor& t) { return t._fw_grad(0); }
+/// The damped least-squares solution by a dense formula whose forward-mode derivative torch
+/// computes: (AᴴA + λ²I)⁻¹Aᴴb for tall A, Aᴴ(AAᴴ + λ²I)⁻¹b for wide (full rank when λ = 0).
+torch::Tensor dense_formula(const torch::Tensor& a, const torch::Tensor& b,
+                            const torch::Tensor& d) {
+  const auto ah = a.t().conj();
+  const auto l2 = (d * d).to(a.scalar_type());
+  if (a.size(0) >= a.size(1))
+    return torch::linalg::solve(ah.mm(a) + l2 * torch::eye(a.size(1), a.options()), ah.matmul(b),
+                                true);
+  return ah.matmul(
+      torch::linalg::solve(a.mm(ah) + l2 * torch::eye(a.size(0), a.options()), b, true));
+}
+}  // namespace
+
+DOCTEST_TEST_CASE(
+    "LibTorch layer: forward mode (dual tensors, lstsq_jvp) matches torch's forward AD through a "
+    "dense formula") {
+  torch::manual_seed(6);
+  struct Case {
+    int64_t m, n, k;
+    double lam;
+    torch::ScalarType dtype;
+  };
+  difflsq::TorchLstsqOptions o;
+  o.forward = {1e-13, 1e-13, 0, 5000};
+  for (const Case c :
+       {Case{9, 5, 0, 0.0, torch::kDouble}, Case{9, 5, 0, 0.3, torch::kDouble},
+        Case{5, 9, 0, 0.0, torch::kDouble}, Case{5, 9, 0, 0.3, torch::kDouble},
+        Case{8, 4, 3, 0.2, torch::kDouble}, Case{9, 5, 0, 0.3, torch::kComplexDouble},
+        Case{5, 9, 2, 0.0, torch::kComplexDouble}}) {
+    DOCTEST_CAPTURE(c.m);
+    DOCTEST_CAPTURE(c.n);
+    DOCTEST_CAPTURE(c.k);
+    DOCTEST_CAPTURE(c.lam);
+    const auto opts = torch::TensorOptions().dtype(c.dtype);
+    const auto real = torch::TensorOptions().dtype(torch::kDouble);
+    const auto a = torch::randn({c.m, c.n}, opts) + 2 * torch::eye(c.m, c.n, opts);
+    const auto b = c.k ? torch::randn({c.m, c.k}, opts) : torch::randn({c.m}, opts);
+    const auto d = torch::full({}, c.lam, real);
+    const auto da = torch::randn_like(a), db = torch::randn_like(b);
+    const auto dd = torch::full({}, c.lam > 0 ? 0.7 : 0.0, real);
+    torch::Tensor ref, x, dx;
+    {
+      DualLevel level;
+      ref = tangent(dense_formula(dual(a, da), dual(b, db), dual(d, dd)));
+      const auto y = difflsq::lstsq(dual(a, da), dual(b, db), dual(d, dd), o);
+      x = std::get<0>(at::_unpack_dual(y, 0));  // the primal
+      dx = tangent(y);
+      // One tangent at a time: the others are zero.
+      const auto only_b = tangent(difflsq::lstsq(a, dual(b, db), d, o));
+      DOCTEST_CHECK(close(only_b, tangent(dense_formula(a, dual(b, db), d)), 1e-8, 1e-10));
+    }
+    DOCTEST_REQUIRE(dx.defined());
+    DOCTEST_CHECK(dx.sizes() == x.sizes());
+    DOCTEST_CHECK(close(x, dense_formula(a, b, d), 1e-9, 1e-11));
+    DOCTEST_CHECK(close(dx, ref, 1e-8, 1e-10));
+    const auto [x2, dx2] = difflsq::lstsq_jvp(a, b, d, da, db, dd, o);
+    DOCTEST_CHECK(close(x2, x, 1e-12, 1e-14));
+    DOCTEST_CHECK(close(dx2, ref, 1e-8, 1e-10));
+  }
+}
+
+DOCTEST_TEST_CASE("LibTorch layer: forward mode through a callable's parameters, and its errors") {
+  torch::manual_seed(7);
+  const auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  difflsq::TorchLstsqOptions o;
+  o.forward = {1e-13, 1e-13, 0, 5000};
+  const int64_t n = 12;
+  const auto k = torch::tensor({1.0, -0.5, 0.25, 0.3}, opts), dk = torch::randn({4}, opts);
+  const int64_t m = n + k.size(0) - 1;
+  for (const double lam : {0.0, 0.1}) {
+    DOCTEST_CAPTURE(lam);
+    const auto b = torch::randn({m}, opts), db = torch::randn({m}, opts);
+    const auto d = torch::full({}, lam, opts), dd = torch::full({}, lam > 0 ? -0.4 : 0.0, opts);
+    torch::Tensor got, ref;
+    {
+      DualLevel level;
+      got = tangent(difflsq::lstsq(convolve, {m, n}, dual(b, db), dual(d, dd), {dual(k, dk)}, o));
+      const auto a = convolution_matrix(dual(k, dk), n);
+      ref = tangent(dense_formula(a, dual(b, db), dual(d, dd)));
+    }
+    DOCTEST_CHECK(close(got, ref, 1e-8, 1e-10));
+    const auto [x, dx] = difflsq::lstsq_jvp(convolve, {m, n}, b, d, {k}, {dk}, db, dd, o);
+    DOCTEST_CHECK(close(dx, ref, 1e-8, 1e-10));
+    // Only the kernel moves.
+    const auto [x3, dk_only] =
+        difflsq::lstsq_jvp(convolve, {m, n}, b, d, {k}, {dk}, torch::Tensor(), torch::Tensor(), o);
+    torch::Tensor ref_k;
+    {
+      DualLevel level;
+      ref_k = tangent(dense_formula(convolution_matrix(dual(k, dk), n), b, d));
+    }
+    DOCTEST_CHECK(close(dk_only, ref_k, 1e-8, 1e-10));
+  }
+  // Reverse mode still works on the primal of a dual result; the tangent is not differentiable.
+  const auto a0 = torch::randn({7, 4}, opts) + torch::eye(7, 4, opts);
+  const auto b0 = torch::randn({7}, opts);
+  {
+    DualLevel level;
+    auto a = a0.clone().requires_grad_(true);
+    const auto y = difflsq::lstsq(dual(a, torch::randn_like(a0)), b0, 0.2, o);
+    std::get<0>(at::_unpack_dual(y, 0)).sum().backward();
+    auto a2 = a0.clone().requires_grad_(true);
+    dense_formula(a2, b0, torch::full({}, 0.2, opts)).sum().backward();
+    DOCTEST_CHECK(close(a.grad(), a2.grad(), 1e-7, 1e-9));
+    DOCTEST_CHECK_THROWS_WITH(torch::autograd::grad({tangent(y).sum()}, {a}),
+                              doctest::Contains("double backward"));
+  }
+  // Tangents of the wrong shape or dtype, non-finite, or given twice.
+  const auto d0 = torch::full({}, 0.2, opts);
+  DOCTEST_CHECK_THROWS_AS(difflsq::lstsq_jvp(a0, b0, d0, torch::randn({4, 7}, opts), {}, {}),
+                          std::invalid_argument);
+  DOCTEST_CHECK_THROWS_AS(
+      difflsq::lstsq_jvp(a0, b0, d0, {}, torch::randn({7}, torch::kComplexDouble), {}),
+      std::invalid_argument);
+  DOCTEST_CHECK_THROWS_AS(difflsq::lstsq_jvp(a0, b0, d0, {}, torch::full({7}, NAN, opts), {}),
+                          std::invalid_argument);
+  {
+    DualLevel level;
+    DOCTEST_CHECK_THROWS_WITH_AS(
+        difflsq::lstsq_jvp(a0, dual(b0, torch::randn_like(b0)), d0, {}, {}, {}),
+        doctest::Contains("dual tensor"), std::invalid_argument);
+  }
+}
