@@ -10,6 +10,8 @@
 3. Memory: the bytes autograd keeps for the backward pass besides A (saved-tensor hooks: exact),
    and the resident memory a fresh process holds between forward and backward, as the unrolled
    iteration count grows; difflsq's does not depend on its iteration count.
+4. Forward mode: (x, ẋ) from dual A and b (torch.autograd.forward_ad) against x alone, time
+   and ẋ's error against forward AD through the dense normal equations.
 """
 import argparse
 import ctypes
@@ -21,6 +23,7 @@ import sys
 import time
 
 import torch
+import torch.autograd.forward_ad as fwad
 
 import difflsq.torch as dt
 
@@ -208,6 +211,28 @@ def main():
         print(f"  {kk:10d} | {u_saved:10.1f} {d_saved:8.1f} | {u_rss:10.1f} {d_rss:8.1f}")
     print(f"  (difflsq's C++ context adds x, r and b: {8 * (2 * M + N) / 2 ** 20:.2f} MB, "
           f"whatever its iteration count)")
+
+    print("\n4. forward mode: (x, ẋ) for tangents Ȧ, ḃ (dual tensors) against x alone")
+    g = torch.Generator().manual_seed(1)
+    a_dot = torch.randn(M, N, generator=g, dtype=a.dtype) / M ** 0.5
+    b_dot = torch.randn(M, generator=g, dtype=a.dtype)
+
+    def with_tangents(solve):
+        with fwad.dual_level():
+            x = solve(fwad.make_dual(a, a_dot), fwad.make_dual(b, b_dot))
+            return fwad.unpack_dual(x).tangent
+
+    dense_x = (lambda a, b: torch.linalg.solve(a.T @ a + DAMP ** 2 * torch.eye(N, dtype=a.dtype),
+                                               a.T @ b))
+    dx_ref = with_tangents(dense_x)
+    for method in ("lsmr", "lsqr", "cgls"):
+        solve = (lambda a, b: dt.lstsq(a, b, DAMP, method=method, atol=TOL, btol=TOL, conlim=0,
+                                       maxiter=20000))
+        t_fwd = best(lambda: solve(a, b), args.repeat)
+        t_jvp = best(lambda: with_tangents(solve), args.repeat)
+        print(f"  {method}: forward {t_fwd * 1e3:7.1f} ms, forward with tangents "
+              f"{t_jvp * 1e3:7.1f} ms, ratio {t_jvp / t_fwd:.2f}, ẋ error vs dense "
+              f"{rel(with_tangents(solve), dx_ref):.1e}")
 
 
 if __name__ == "__main__":

@@ -29,11 +29,13 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <array>
 #include <complex>
 #include <cstring>
 #include <functional>
 #include <optional>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -211,8 +213,8 @@ inline torch::autograd::variable_list recorded(torch::autograd::variable_list gr
   return grads;
 }
 
-/// Forward-mode tangents of lstsq's inputs (undefined: zero), and where its forward pass
-/// leaves ẋ (shaped as x in (n, k) columns). Passed to the Functions by pointer: not an input.
+/// Forward-mode tangents of lstsq's inputs (undefined: zero), and x, which the Functions'
+/// forward passes write: ẋ as (n, k) columns. Passed to them by pointer: not an input.
 struct TangentRequest {
   TangentRequest(torch::Tensor a_dot, torch::Tensor b_dot, torch::Tensor damp_dot,
                  std::vector<torch::Tensor> params_dot = {})
@@ -223,25 +225,30 @@ struct TangentRequest {
   torch::Tensor a, b, damp;
   std::vector<torch::Tensor> params;
   torch::Tensor x;
-  bool any() const {
-    bool p = false;
-    for (const auto& t : params) p = p || t.defined();
-    return a.defined() || b.defined() || damp.defined() || p;
+  bool params_moving() const {
+    return std::any_of(params.begin(), params.end(), [](const auto& t) { return t.defined(); });
   }
+  bool any() const { return a.defined() || b.defined() || damp.defined() || params_moving(); }
 };
 
-/// t's forward-mode tangent at level 0 (the only level LibTorch 1.13 has), undefined when it
-/// has none or it is a symbolic zero.
+/// Whether t carries a forward-mode tangent at level 0 (the only level LibTorch 1.13 has),
+/// be it a symbolic zero.
+inline bool is_dual(const torch::Tensor& t) { return t.defined() && t._fw_grad(0).defined(); }
+
+/// t's tangent, undefined when it has none or it is a symbolic zero.
 inline torch::Tensor tangent_of(const torch::Tensor& t) {
-  if (!t.defined()) return {};
-  const auto& d = t._fw_grad(0);
-  if (!d.defined() || d._is_zerotensor()) return {};
-  return d;
+  if (!is_dual(t) || t._fw_grad(0)._is_zerotensor()) return {};
+  return t._fw_grad(0);
 }
 
 /// t without its forward-mode tangent (same values and reverse-mode history).
-inline torch::Tensor primal_of(const torch::Tensor& t) {
-  return t.defined() && t._fw_grad(0).defined() ? t._fw_primal(0) : t;
+inline torch::Tensor primal_of(const torch::Tensor& t) { return is_dual(t) ? t._fw_primal(0) : t; }
+
+/// "[m, n] Double", for messages.
+inline std::string describe(const torch::Tensor& t) {
+  std::ostringstream s;
+  s << t.sizes() << " " << t.scalar_type();
+  return s.str();
 }
 
 /// A tangent given for `what`: undefined, or a CPU tensor of `like`'s shape and dtype (a
@@ -251,17 +258,29 @@ inline torch::Tensor checked_tangent(const torch::Tensor& t, const torch::Tensor
   if (!t.defined()) return t;
   check_tensor(t, "the tangent of " + what);
   if (t.sizes() != like.sizes() || t.scalar_type() != like.scalar_type())
-    throw std::invalid_argument("difflsq::lstsq: the tangent of " + what +
-                                " must have its shape and dtype");
+    throw std::invalid_argument("difflsq::lstsq: the tangent of " + what + " must have " + what +
+                                "'s shape and dtype, " + describe(like) + "; got " + describe(t));
   if (!torch::isfinite(t).all().item<bool>())
     throw std::invalid_argument("difflsq::lstsq: the tangent of " + what + " is not finite");
   return dense(t);
 }
 
-/// The columns of a tangent of b, (m) or (m, k), as rows of a contiguous (k, m) tensor.
-inline torch::Tensor tangent_rows(const torch::Tensor& t, int64_t m) {
-  return t.defined() ? dense(as_columns(t, m).t()) : t;
-}
+/// The tangents of the rule (layer.hpp's Tangents) column by column of b: λ̇, and ḃ's column j
+/// (set by column(j)); the caller adds Ȧ.
+template <class Scalar>
+struct ColumnTangents {
+  ColumnTangents(const TangentRequest& request, Index rows) : m(rows) {
+    if (request.b.defined()) b_rows = dense(as_columns(request.b, m).t());  // column j: row j
+    if (request.damp.defined()) t.damp = static_cast<RealOf<Scalar>>(request.damp.item<double>());
+  }
+  const Tangents<Scalar>& column(Index j) {
+    if (b_rows.defined()) t.b = Eigen::Map<const Vector<Scalar>>(data<Scalar>(b_rows) + j * m, m);
+    return t;
+  }
+  Index m;
+  torch::Tensor b_rows;
+  Tangents<Scalar> t;
+};
 
 /// A TorchOperator as a LinearOperator (operator.hpp). Aᴴu is the vector–Jacobian product of
 /// v ↦ fn(v, θ) at v = 0, recorded once (valid for every u as fn is linear in v).
@@ -324,9 +343,10 @@ class TorchCallable {
   }
 
   /// Ȧ·w (adjoint = false) or Ȧᴴ·w (true) for tangents θ̇ of the parameters (undefined: 0), by
-  /// reverse mode twice: with s(u, v) = Σ_i Re⟨∇_{θ_i} Re⟨u, A(θ)v⟩, θ̇_i⟩ = Re⟨u, Ȧv⟩ (A
-  /// holomorphic in θ, or θ real), Ȧv = ∇_u s and Ȧᴴu = ∇_v s; s is bilinear, so the other
-  /// vector may be anything (0). Two autograd passes per product; a jvp needs two or three.
+  /// reverse mode twice: with s(u, v) = Σ_i Re⟨∇_{θ_i} Re⟨u, A(θ)v⟩, θ̇_i⟩ = Re⟨u, Ȧv⟩ (torch's
+  /// gradient convention makes Re⟨∇, θ̇⟩ the real directional derivative), Ȧv = ∇_u s and
+  /// Ȧᴴu = ∇_v s; s is bilinear, so the other vector may be anything (0). Two autograd passes per
+  /// product; a jvp needs two or three.
   Vector<Scalar> derivative(const std::vector<torch::Tensor>& dots,
                             Eigen::Ref<const Vector<Scalar>> w, bool adjoint) const {
     Vector<Scalar> out = Vector<Scalar>::Zero(adjoint ? n_ : m_);
@@ -372,6 +392,10 @@ class TorchCallable {
       throw std::invalid_argument("difflsq::lstsq: the operator must return " +
                                   std::to_string(m_) + " values of dtype " +
                                   c10::toString(torch_dtype<Scalar>()) + " on the CPU");
+    if (is_dual(y))  // its tangent would be lost: the solve reads raw memory
+      throw std::invalid_argument(
+          "difflsq::lstsq: the operator returned a dual tensor (forward mode); pass the tensors "
+          "with tangents in params, not captured by the operator");
     return dense(y.reshape({m_}));
   }
 };
@@ -462,24 +486,16 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
     anorm = torch::empty({k}, torch::kDouble);
     const auto bt = detail::dense(b.t());  // column j of b is row j of bᵀ
     std::vector<Vector<Scalar>> xs(k), rs(k), dxs;
-    // Forward mode: Ȧ is θ̇ of the row-major matrix parameters (a's layout).
-    Tangents<Scalar> t;
-    torch::Tensor dbt;
+    std::optional<detail::ColumnTangents<Scalar>> t;  // forward mode
     if (tangents) {
-      if (tangents->a.defined())
-        t.theta = Eigen::Map<const Vector<Scalar>>(detail::data<Scalar>(tangents->a), m * n);
-      dbt = detail::tangent_rows(tangents->b, m);
-      if (tangents->damp.defined())
-        t.damp = static_cast<RealOf<Scalar>>(tangents->damp.item<double>());
+      t.emplace(*tangents, m);
+      if (tangents->a.defined())  // Ȧ is θ̇ of the row-major matrix parameters (a's layout)
+        t->t.theta = Eigen::Map<const Vector<Scalar>>(detail::data<Scalar>(tangents->a), m * n);
     }
     for (Index j = 0; j < k; ++j) {
       const Eigen::Map<const Vector<Scalar>> bj(detail::data<Scalar>(bt) + j * m, m);
       auto f = layer.forward(op, bj, lam);
-      if (tangents) {
-        if (dbt.defined())
-          t.b = Eigen::Map<const Vector<Scalar>>(detail::data<Scalar>(dbt) + j * m, m);
-        dxs.push_back(layer.jvp(f, t).x);
-      }
+      if (t) dxs.push_back(layer.jvp(f, t->column(j)).x);
       xs[j] = std::move(f.x);
       rs[j] = std::move(f.r);
       status[j][0] = static_cast<int64_t>(f.report.status);
@@ -551,34 +567,26 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
       const auto bt = detail::dense(b2.t());
       const auto lam = static_cast<RealOf<Scalar>>(damp.item<double>());
       std::vector<Vector<Scalar>> xs, dxs;
-      Tangents<Scalar> t;
-      torch::Tensor dbt;
+      std::optional<detail::ColumnTangents<Scalar>> t;  // forward mode
       if (tangents) {
-        bool moving = false;
-        for (const auto& d : tangents->params) moving = moving || d.defined();
-        if (moving) {  // Ȧv and Ȧᴴu through fn (the jvp of a column asks for two or three)
-          const auto* op = &st->op;
-          const auto* dots = &tangents->params;
-          t.a_dot = [op, dots](Eigen::Ref<const Vector<Scalar>> v, Eigen::Ref<Vector<Scalar>> y) {
-            y = op->derivative(*dots, v, false);
+        t.emplace(*tangents, m);
+        if (tangents->params_moving()) {  // Ȧv and Ȧᴴu through fn (two or three per column)
+          const auto& op = st->op;
+          const auto& dots = tangents->params;  // both outlive t
+          t->t.a_dot = [&op, &dots](Eigen::Ref<const Vector<Scalar>> v,
+                                    Eigen::Ref<Vector<Scalar>> y) {
+            y = op.derivative(dots, v, false);
           };
-          t.a_dot_adjoint = [op, dots](Eigen::Ref<const Vector<Scalar>> u,
-                                       Eigen::Ref<Vector<Scalar>> w) {
-            w = op->derivative(*dots, u, true);
+          t->t.a_dot_adjoint = [&op, &dots](Eigen::Ref<const Vector<Scalar>> u,
+                                            Eigen::Ref<Vector<Scalar>> w) {
+            w = op.derivative(dots, u, true);
           };
         }
-        dbt = detail::tangent_rows(tangents->b, m);
-        if (tangents->damp.defined())
-          t.damp = static_cast<RealOf<Scalar>>(tangents->damp.item<double>());
       }
       for (Index j = 0; j < bt.size(0); ++j) {
         const Eigen::Map<const Vector<Scalar>> bj(detail::data<Scalar>(bt) + j * m, m);
         st->columns.push_back(st->layer.forward(st->op, bj, lam));
-        if (tangents) {
-          if (dbt.defined())
-            t.b = Eigen::Map<const Vector<Scalar>>(detail::data<Scalar>(dbt) + j * m, m);
-          dxs.push_back(st->layer.jvp(st->columns.back(), t).x);
-        }
+        if (t) dxs.push_back(st->layer.jvp(st->columns.back(), t->column(j)).x);
         xs.push_back(st->columns.back().x);
       }
       x = detail::from_columns(xs, n);
@@ -684,10 +692,53 @@ inline torch::Tensor tangent_result(const TangentRequest& t, const torch::Tensor
 
 /// Throws if an input of lstsq_jvp carries a forward-mode tangent of its own.
 inline void check_not_dual(const torch::Tensor& t, const std::string& what) {
-  if (tangent_of(t).defined())
+  if (is_dual(t))
     throw std::invalid_argument("difflsq::lstsq_jvp: " + what +
                                 " is a dual tensor; give its tangent as an argument, or call "
                                 "lstsq, which reads dual tensors");
+}
+
+/// (x, ẋ) for checked inputs: `solve(request)` runs a Function's forward pass (request null:
+/// no tangent moves, ẋ = 0 without the rule's solves); `inputs` are x's inputs.
+template <class Solve>
+std::pair<torch::Tensor, torch::Tensor> with_tangents(
+    TangentRequest t, const Solve& solve, const torch::autograd::variable_list& inputs) {
+  if (!t.any()) {
+    auto x = solve(nullptr);
+    auto dx = torch::zeros_like(x);
+    return {std::move(x), std::move(dx)};
+  }
+  auto x = solve(&t);
+  auto dx = tangent_result(t, x, inputs);
+  return {std::move(x), std::move(dx)};
+}
+
+/// lstsq_jvp for a tensor A, after the checks of the inputs.
+inline std::pair<torch::Tensor, torch::Tensor> jvp(const torch::Tensor& a, const torch::Tensor& b,
+                                                   const torch::Tensor& damp, TangentRequest t,
+                                                   const TorchLstsqOptions& options) {
+  check_tangents(t, &a, b, damp, {});
+  const auto d = damp.reshape({});
+  return with_tangents(std::move(t),
+                       [&](TangentRequest* r) { return LstsqFunction::apply(a, b, d, options, r); },
+                       {a, b, d});
+}
+
+/// The same for a callable.
+inline std::pair<torch::Tensor, torch::Tensor> jvp(
+    const TorchOperator& fn, std::array<int64_t, 2> shape, const torch::Tensor& b,
+    const torch::Tensor& damp, const std::vector<torch::Tensor>& params, TangentRequest t,
+    const TorchLstsqOptions& options) {
+  check_tangents(t, nullptr, b, damp, params);
+  const auto d = damp.reshape({});
+  auto inputs = params;
+  inputs.insert(inputs.end(), {b, d});
+  return with_tangents(
+      std::move(t),
+      [&](TangentRequest* r) {
+        return LstsqCallableFunction::apply(b, d, torch::TensorList(params), fn, shape, options, r);
+      },
+      inputs);
 }
 
 }  // namespace detail
@@ -699,13 +750,14 @@ inline void check_not_dual(const torch::Tensor& t, const std::string& what) {
 /// FailurePolicy::Raise.
 inline torch::Tensor lstsq(const torch::Tensor& a, const torch::Tensor& b,
                            const torch::Tensor& damp, const TorchLstsqOptions& options = {}) {
+  using detail::is_dual, detail::primal_of, detail::tangent_of;
   detail::check_inputs(a, b, damp);
-  detail::TangentRequest t(detail::tangent_of(a), detail::tangent_of(b), detail::tangent_of(damp));
-  if (!t.any()) return LstsqFunction::apply(a, b, damp.reshape({}), options, nullptr);
-  const auto ap = detail::primal_of(a), bp = detail::primal_of(b), dp = detail::primal_of(damp);
-  detail::check_tangents(t, &ap, bp, dp, {});
-  const auto x = LstsqFunction::apply(ap, bp, dp.reshape({}), options, &t);
-  return at::_make_dual(x, detail::tangent_result(t, x, {ap, bp, dp}), 0);
+  if (!is_dual(a) && !is_dual(b) && !is_dual(damp))
+    return LstsqFunction::apply(a, b, damp.reshape({}), options, nullptr);
+  auto [x, dx] =
+      detail::jvp(primal_of(a), primal_of(b), primal_of(damp),
+                  detail::TangentRequest(tangent_of(a), tangent_of(b), tangent_of(damp)), options);
+  return at::_make_dual(x, dx, 0);
 }
 
 inline torch::Tensor lstsq(const torch::Tensor& a, const torch::Tensor& b, double damp = 0,
@@ -717,26 +769,26 @@ inline torch::Tensor lstsq(const torch::Tensor& a, const torch::Tensor& b, doubl
 
 /// The same for a matrix-free A(θ) of shape {m, n}: fn(v, params) = A(params)·v. The dtype is
 /// b's; gradients reach b, damp and the tensors in params that require one, and tangents of
-/// b, damp and params (dual tensors) give a dual x.
+/// b, damp and params (dual tensors) give a dual x. fn must not capture tensors with tangents.
 inline torch::Tensor lstsq(const TorchOperator& fn, std::array<int64_t, 2> shape,
                            const torch::Tensor& b, const torch::Tensor& damp,
                            const std::vector<torch::Tensor>& params = {},
                            const TorchLstsqOptions& options = {}) {
+  using detail::is_dual, detail::primal_of, detail::tangent_of;
   detail::check_inputs(fn, shape, b, damp, params);
-  detail::TangentRequest t({}, detail::tangent_of(b), detail::tangent_of(damp));
-  for (const auto& p : params) t.params.push_back(detail::tangent_of(p));
-  if (!t.any())
+  const bool dual_params = std::any_of(params.begin(), params.end(), is_dual);
+  if (!is_dual(b) && !is_dual(damp) && !dual_params)
     return LstsqCallableFunction::apply(b, damp.reshape({}), torch::TensorList(params), fn, shape,
                                         options, nullptr);
-  const auto bp = detail::primal_of(b), dp = detail::primal_of(damp);
-  std::vector<torch::Tensor> pp;
-  for (const auto& p : params) pp.push_back(detail::primal_of(p));
-  detail::check_tangents(t, nullptr, bp, dp, pp);
-  const auto x = LstsqCallableFunction::apply(bp, dp.reshape({}), torch::TensorList(pp), fn, shape,
-                                              options, &t);
-  auto inputs = pp;
-  inputs.insert(inputs.end(), {bp, dp});
-  return at::_make_dual(x, detail::tangent_result(t, x, inputs), 0);
+  std::vector<torch::Tensor> primals, dots;
+  for (const auto& p : params) {
+    primals.push_back(primal_of(p));
+    dots.push_back(tangent_of(p));
+  }
+  auto [x, dx] =
+      detail::jvp(fn, shape, primal_of(b), primal_of(damp), primals,
+                  detail::TangentRequest({}, tangent_of(b), tangent_of(damp), dots), options);
+  return at::_make_dual(x, dx, 0);
 }
 
 inline torch::Tensor lstsq(const TorchOperator& fn, std::array<int64_t, 2> shape,
@@ -751,7 +803,8 @@ inline torch::Tensor lstsq(const TorchOperator& fn, std::array<int64_t, 2> shape
 
 /// Forward mode without dual tensors: (x, ẋ) for tangents Ȧ, ḃ, λ̇ (undefined: zero; each of
 /// its input's shape and dtype). One forward solve and the solves of the rule (G8, one or two
-/// per column of b). x is differentiable as lstsq's; ẋ is not differentiable again.
+/// per column of b; none when every tangent is undefined). x is differentiable as lstsq's; ẋ is
+/// not differentiable again.
 inline std::pair<torch::Tensor, torch::Tensor> lstsq_jvp(
     const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& damp,
     const torch::Tensor& a_dot, const torch::Tensor& b_dot, const torch::Tensor& damp_dot,
@@ -760,10 +813,7 @@ inline std::pair<torch::Tensor, torch::Tensor> lstsq_jvp(
   detail::check_not_dual(a, "A");
   detail::check_not_dual(b, "b");
   detail::check_not_dual(damp, "damp");
-  detail::TangentRequest t(a_dot, b_dot, damp_dot);
-  detail::check_tangents(t, &a, b, damp, {});
-  const auto x = LstsqFunction::apply(a, b, damp.reshape({}), options, &t);
-  return {x, detail::tangent_result(t, x, {a, b, damp})};
+  return detail::jvp(a, b, damp, detail::TangentRequest(a_dot, b_dot, damp_dot), options);
 }
 
 /// The same for a callable: tangents of b, damp and params (params_dot[i] for params[i];
@@ -778,13 +828,8 @@ inline std::pair<torch::Tensor, torch::Tensor> lstsq_jvp(
   detail::check_not_dual(damp, "damp");
   for (std::size_t i = 0; i < params.size(); ++i)
     detail::check_not_dual(params[i], "params[" + std::to_string(i) + "]");
-  detail::TangentRequest t({}, b_dot, damp_dot, params_dot);
-  detail::check_tangents(t, nullptr, b, damp, params);
-  const auto x = LstsqCallableFunction::apply(b, damp.reshape({}), torch::TensorList(params), fn,
-                                              shape, options, &t);
-  auto inputs = params;
-  inputs.insert(inputs.end(), {b, damp});
-  return {x, detail::tangent_result(t, x, inputs)};
+  return detail::jvp(fn, shape, b, damp, params,
+                     detail::TangentRequest({}, b_dot, damp_dot, params_dot), options);
 }
 
 }  // namespace difflsq

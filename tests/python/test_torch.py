@@ -495,6 +495,21 @@ def test_forward_mode_with_a_callable_whose_params_have_no_tangent():
     assert torch.allclose(xdot, ref, rtol=1e-9, atol=1e-12)
 
 
+def test_forward_mode_refuses_a_callable_that_captures_a_dual_tensor():
+    # The tangent of a tensor the callable closes over (instead of taking it in params) would be
+    # lost inside the Function: an error, not a silently zero tangent.
+    import torch.autograd.forward_ad as fwAD
+    g = torch.Generator().manual_seed(22)
+    W, Wdot = torch.randn(7, 4, dtype=F64, generator=g), torch.randn(7, 4, dtype=F64, generator=g)
+    b = torch.randn(7, dtype=F64, generator=g)
+    with fwAD.dual_level():
+        Wd = fwAD.make_dual(W, Wdot)
+        with pytest.raises(ValueError, match="captured by the callable"):
+            dt.lstsq(lambda v: Wd @ v, b, 0.2, shape=(7, 4))
+        x = dt.lstsq(lambda v, W: W @ v, b, 0.2, params=(Wd,), shape=(7, 4), **TIGHT)
+        assert fwAD.unpack_dual(x).tangent is not None
+
+
 @pytest.mark.parametrize("m,n,lam,dtype", [(7, 4, 0.0, F64), (7, 4, 0.2, F64), (4, 7, 0.0, F64),
                                            (4, 7, 0.2, F64), (7, 4, 0.2, C128), (4, 7, 0.0, C128)])
 def test_forward_mode_along_a_callables_params(m, n, lam, dtype):

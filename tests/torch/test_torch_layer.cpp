@@ -471,3 +471,91 @@ DOCTEST_TEST_CASE("LibTorch layer: forward mode through a callable's parameters,
         doctest::Contains("dual tensor"), std::invalid_argument);
   }
 }
+
+DOCTEST_TEST_CASE(
+    "LibTorch layer: forward mode with complex parameters, strided and float32 tangents, zero "
+    "tangents, and operators that capture a dual tensor") {
+  torch::manual_seed(8);
+  difflsq::TorchLstsqOptions o;
+  o.forward = {1e-13, 1e-13, 0, 5000};
+  const auto real = torch::TensorOptions().dtype(torch::kDouble);
+  const auto cplx = torch::TensorOptions().dtype(torch::kComplexDouble);
+  // A(M, s) = s·M with M complex and s real: Ȧv and Ȧᴴu by reverse mode through the callable
+  // must get the conjugations right, for a tall and a wide A.
+  const difflsq::TorchOperator scaled = [](const torch::Tensor& v,
+                                           const std::vector<torch::Tensor>& p) {
+    return p.at(1) * p.at(0).mv(v);
+  };
+  for (const auto& [m, n] : {std::pair<int64_t, int64_t>{8, 5}, {5, 8}}) {
+    DOCTEST_CAPTURE(m);
+    const auto mat = torch::randn({m, n}, cplx) + 2 * torch::eye(m, n, cplx);
+    const auto dmat = torch::randn_like(mat);
+    const auto s = torch::full({}, 1.3, real), ds = torch::full({}, -0.6, real);
+    const auto b = torch::randn({m}, cplx), db = torch::randn_like(b);
+    const auto d = torch::full({}, 0.2, real);
+    torch::Tensor got, ref, ref_m;
+    {
+      DualLevel level;
+      got = tangent(
+          difflsq::lstsq(scaled, {m, n}, dual(b, db), d, {dual(mat, dmat), dual(s, ds)}, o));
+      ref = tangent(dense_formula(dual(s, ds) * dual(mat, dmat), dual(b, db), d));
+      ref_m = tangent(dense_formula(s * dual(mat, dmat), b, d));
+    }
+    DOCTEST_CHECK(close(got, ref, 1e-8, 1e-10));
+    // Only M moves (s's tangent missing).
+    const auto [x, dx] = difflsq::lstsq_jvp(scaled, {m, n}, b, d, {mat, s}, {dmat}, {}, {}, o);
+    DOCTEST_CHECK(close(dx, ref_m, 1e-8, 1e-10));
+  }
+
+  const auto a = torch::randn({9, 5}, real) + 2 * torch::eye(9, 5, real);
+  const auto b = torch::randn({9}, real);
+  const auto d = torch::full({}, 0.3, real), dd = torch::full({}, 0.5, real);
+  const auto da_t = torch::randn({5, 9}, real), db = torch::randn({9}, real);
+  torch::Tensor ref, ref_damp, ref_t;
+  {
+    DualLevel level;
+    ref = tangent(dense_formula(dual(a, da_t.t()), dual(b, db), d));
+    ref_damp = tangent(dense_formula(a, b, dual(d, dd)));
+    // Strided primal and tangent (transposed views) through dual tensors.
+    const auto at = a.t().contiguous().t();  // a's values, column-major
+    DOCTEST_CHECK(
+        close(tangent(difflsq::lstsq(dual(at, da_t.t()), dual(b, db), d, o)), ref, 1e-8, 1e-10));
+    // λ̇ alone.
+    DOCTEST_CHECK(close(tangent(difflsq::lstsq(a, b, dual(d, dd), o)), ref_damp, 1e-8, 1e-10));
+    // float32: the same rule, single precision.
+    const auto y32 =
+        difflsq::lstsq(dual(a.to(torch::kFloat), da_t.t().to(torch::kFloat)),
+                       dual(b.to(torch::kFloat), db.to(torch::kFloat)), d.to(torch::kFloat));
+    DOCTEST_CHECK((tangent(y32).scalar_type() == torch::kFloat));
+    DOCTEST_CHECK(close(tangent(y32).to(torch::kDouble), ref, 1e-3, 1e-4));
+    // A symbolic-zero tangent: x as without it, ẋ = 0, no error.
+    const auto y0 = difflsq::lstsq(a, dual(b, at::_efficientzerotensor(b.sizes(), real)), d, o);
+    DOCTEST_CHECK(close(std::get<0>(at::_unpack_dual(y0, 0)), dense_formula(a, b, d), 1e-9, 1e-11));
+    DOCTEST_CHECK((!tangent(y0).defined() || tangent(y0).abs().max().item<double>() == 0));
+    // An operator that captures a dual tensor instead of taking it in params: an error, not a
+    // lost tangent.
+    const auto ad = dual(a, da_t.t());
+    const difflsq::TorchOperator captures =
+        [ad](const torch::Tensor& v, const std::vector<torch::Tensor>&) { return ad.mv(v); };
+    DOCTEST_CHECK_THROWS_WITH_AS(difflsq::lstsq(captures, {9, 5}, b, d, {}, o),
+                                 doctest::Contains("captured by the operator"),
+                                 std::invalid_argument);
+    DOCTEST_CHECK_THROWS_WITH_AS(
+        difflsq::lstsq_jvp(convolve, {9, 5}, b, d,
+                           {dual(torch::randn({5}, real), db.narrow(0, 0, 5))}, {}, {}, {}, o),
+        doctest::Contains("dual tensor"), std::invalid_argument);
+  }
+  // lstsq_jvp: a strided tangent, and no tangent at all (ẋ = 0, no rule solves).
+  const auto [x, dx] = difflsq::lstsq_jvp(a, b, d, da_t.t(), db, {}, o);
+  DOCTEST_CHECK(close(dx, ref, 1e-8, 1e-10));
+  const auto [x0, dx0] = difflsq::lstsq_jvp(a, b, d, {}, {}, {}, o);
+  DOCTEST_CHECK(close(x0, x, 1e-12, 1e-14));
+  DOCTEST_CHECK(dx0.sizes() == x.sizes());
+  DOCTEST_CHECK(dx0.abs().max().item<double>() == 0);
+  // More parameter tangents than parameters; a tangent of the wrong shape names both shapes.
+  const auto k = torch::randn({5}, real);
+  DOCTEST_CHECK_THROWS_WITH_AS(difflsq::lstsq_jvp(convolve, {9, 5}, b, d, {k}, {k, k}, {}, {}, o),
+                               doctest::Contains("more parameter tangents"), std::invalid_argument);
+  DOCTEST_CHECK_THROWS_WITH_AS(difflsq::lstsq_jvp(a, b, d, da_t, {}, {}, o),
+                               doctest::Contains("[9, 5]"), std::invalid_argument);
+}

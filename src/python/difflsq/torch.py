@@ -21,6 +21,7 @@ import warnings
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as _fwad
 
 from . import _core
 
@@ -295,6 +296,9 @@ def _as_output(y, m, what, dtype):
     if y.dtype != dtype:
         raise TypeError(f"difflsq.torch: {what} returned dtype {y.dtype}, expected {dtype} "
                         f"(that of b)")
+    if _fwad.unpack_dual(y).tangent is not None:  # the solve reads y's values: it would be lost
+        raise ValueError(f"difflsq.torch: {what} returned a dual tensor (forward mode); pass the "
+                         f"tensors with tangents in params, not captured by the callable")
     return y.reshape(-1).resolve_conj().resolve_neg()
 
 
@@ -475,6 +479,14 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
     layer = getattr(_core, "Layer_" + _SUFFIX[dtype])(method, float(atol), float(btol),
                                                      float(conlim), limit, btuple, on_failure,
                                                      warn)
+    user_callable = callable(op) and not isinstance(op, Convolution1d)
+    if user_callable and _fwad._current_level >= 0 and m and n:
+        # Forward AD is on but off inside the Function: a dual tensor the callable captures
+        # would lose its tangent there. One product outside finds it (_as_output raises).
+        with torch.no_grad():
+            _as_output(op(torch.zeros(n, dtype=dtype),
+                          *(_fwad.unpack_dual(p).primal if torch.is_tensor(p) else p
+                            for p in params)), m, "A(v, *params)", dtype)
     info = {}
     cfg = {"layer": layer, "shape": (m, n), "op": op, "info": info, "dtype": dtype,
            "b_shape": tuple(b.shape)}
