@@ -10,15 +10,22 @@
 
 namespace {
 
+/// The damped least-squares solution by a dense formula whose forward-mode derivative torch
+/// computes: (AᴴA + λ²I)⁻¹Aᴴb for tall A, Aᴴ(AAᴴ + λ²I)⁻¹b for wide (full rank when λ = 0).
+torch::Tensor dense_formula(const torch::Tensor& a, const torch::Tensor& b,
+                            const torch::Tensor& d) {
+  const auto ah = a.t().conj();
+  const auto l2 = (d * d).to(a.scalar_type());
+  if (a.size(0) >= a.size(1))
+    return torch::linalg::solve(ah.mm(a) + l2 * torch::eye(a.size(1), a.options()), ah.matmul(b),
+                                true);
+  return ah.matmul(
+      torch::linalg::solve(a.mm(ah) + l2 * torch::eye(a.size(0), a.options()), b, true));
+}
+/// pinv(A) b at λ = 0 (rank-deficient A too), the formula above otherwise.
 torch::Tensor dense_reference(const torch::Tensor& a, const torch::Tensor& b,
                               const torch::Tensor& damp) {
-  if (damp.item<double>() > 0) {
-    const auto n = a.size(1);
-    const auto ah = a.t().conj();
-    const auto normal = ah.mm(a) + damp * damp * torch::eye(n, a.options());
-    return torch::linalg::solve(normal, ah.matmul(b), true);
-  }
-  return torch::linalg::pinv(a).matmul(b);
+  return damp.item<double>() > 0 ? dense_formula(a, b, damp) : torch::linalg::pinv(a).matmul(b);
 }
 
 struct Grads {
@@ -347,18 +354,6 @@ torch::Tensor dual(const torch::Tensor& primal, const torch::Tensor& tangent) {
   return at::_make_dual(primal, tangent, 0);
 }
 torch::Tensor tangent(const torch::Tensor& t) { return t._fw_grad(0); }
-/// The damped least-squares solution by a dense formula whose forward-mode derivative torch
-/// computes: (AᴴA + λ²I)⁻¹Aᴴb for tall A, Aᴴ(AAᴴ + λ²I)⁻¹b for wide (full rank when λ = 0).
-torch::Tensor dense_formula(const torch::Tensor& a, const torch::Tensor& b,
-                            const torch::Tensor& d) {
-  const auto ah = a.t().conj();
-  const auto l2 = (d * d).to(a.scalar_type());
-  if (a.size(0) >= a.size(1))
-    return torch::linalg::solve(ah.mm(a) + l2 * torch::eye(a.size(1), a.options()), ah.matmul(b),
-                                true);
-  return ah.matmul(
-      torch::linalg::solve(a.mm(ah) + l2 * torch::eye(a.size(0), a.options()), b, true));
-}
 }  // namespace
 
 DOCTEST_TEST_CASE(
