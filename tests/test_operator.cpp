@@ -440,7 +440,8 @@ TEST_CASE_TEMPLATE("dense row-major: the fused Golub–Kahan products equal Eige
   std::mt19937_64 gen(10);
   const Real tol = 100 * std::numeric_limits<Real>::epsilon();
   // Blocks of 64 rows (n = 30: 130 = 2·64 + 2), of 1 row (n = 40000), of a few rows.
-  for (const auto& [m, n] : {std::pair<Index, Index>{130, 30}, {3, 40000}, {70, 5000}, {0, 4}}) {
+  for (const auto& shape : {std::pair<Index, Index>{130, 30}, {3, 40000}, {70, 5000}, {0, 4}}) {
+    const Index m = shape.first, n = shape.second;  // named: CAPTURE cannot take a binding
     CAPTURE(m);
     CAPTURE(n);
     const RowMajor a = random_matrix<Scalar>(m, n, gen);
@@ -461,7 +462,8 @@ TEST_CASE_TEMPLATE("dense row-major: the fused Golub–Kahan products equal Eige
     }
   }
   // Column-major: by blocks of columns (v ← Aᴴu − a·v, y ← A v).
-  for (const auto& [m, n] : {std::pair<Index, Index>{30, 130}, {40000, 3}, {5000, 70}, {4, 0}}) {
+  for (const auto& shape : {std::pair<Index, Index>{30, 130}, {40000, 3}, {5000, 70}, {4, 0}}) {
+    const Index m = shape.first, n = shape.second;
     CAPTURE(m);
     CAPTURE(n);
     const Mat<Scalar> a = random_matrix<Scalar>(m, n, gen);
