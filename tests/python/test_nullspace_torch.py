@@ -140,13 +140,14 @@ def test_adam_step_mode_converges_to_the_kkt_point_in_its_own_metric():
     assert float((theta - theta_star).norm()) > 1e-2 * float(theta_star.norm())
 
 
-def test_step_metric_against_the_dense_oblique_projection():
+def metric_step(D, **solver):
+    """One SGD step of NullSpaceOptimizer in the metric D on quadratic_problem(9): returns the
+    applied update, the dense oblique projection of the SGD step, and the optimizer."""
     Q, q, C, d, _, _ = quadratic_problem(seed=9)
     params = make_params(seed=10)
-    D = torch.rand(17, dtype=F64) * 10 + 0.01
     sgd = torch.optim.SGD(params, lr=0.1)
     opt = dt.NullSpaceOptimizer(params, sgd, lambda: C @ flat(params) - d, gamma=0.0,
-                                metric=lambda ps: [D[:12].reshape(3, 4), D[12:]])
+                                metric=lambda ps: [D[:12].reshape(3, 4), D[12:]], **solver)
     x0 = flat(params).detach().clone()
     opt.zero_grad()
     x = flat(params)
@@ -156,9 +157,34 @@ def test_step_metric_against_the_dense_oblique_projection():
     delta = -0.1 * g
     dinv_ct = C.T / D[:, None]
     ref = delta - dinv_ct @ torch.linalg.solve(C @ dinv_ct, C @ delta)
-    assert torch.allclose(flat(params).detach() - x0, ref, rtol=1e-9, atol=1e-12)
+    return flat(params).detach() - x0, ref, C, opt
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_step_metric_against_the_dense_oblique_projection(seed):
+    # D spread over four decades. The update is P_D Δ = S·r with S = D^(-1/2) and r the
+    # residual of the solve min ‖S Jᵀμ − S⁻¹Δ‖, which stops (istop 2, Paige & Saunders) once
+    # ‖(SJᵀ)ᵀr‖ <= atol·‖SJᵀ‖_F·‖r‖. Then ‖r − r*‖ <= atol·‖SJᵀ‖_F/σ_min(SJᵀ)·‖r‖ and
+    # ‖update − ref‖ <= (max S / min S)·atol·‖SJᵀ‖_F/σ_min·‖update‖: the bound asserted.
+    g = torch.Generator().manual_seed(100 + seed)
+    D = 10 ** (4 * torch.rand(17, dtype=F64, generator=g) - 2)
+    update, ref, C, opt = metric_step(D)
+    assert opt.diagnostics["istop"][-1] == 2
+    s = D.rsqrt()
+    sv = torch.linalg.svdvals(s[:, None] * C.T)
+    bound = float(s.max() / s.min()) * opt.atol * float(sv.norm() / sv.min())
+    assert float((update - ref).norm()) <= 2 * bound * float(update.norm()) + 1e-14
+    assert float((C @ update).norm()) <= 1e-8 * float(update.norm())
+    # With the solver tolerances at rounding level, entry by entry.
+    update, ref, _, _ = metric_step(D, atol=1e-15, btol=1e-15)
+    assert torch.allclose(update, ref, rtol=1e-11, atol=1e-14)
+
+
+def test_metric_must_be_a_callable_or_a_known_name():
+    params = make_params()
+    sgd = torch.optim.SGD(params, lr=0.1)
     with pytest.raises(ValueError, match="metric"):
-        dt.NullSpaceOptimizer(params, sgd, lambda: C @ flat(params) - d, metric="adam")
+        dt.NullSpaceOptimizer(params, sgd, lambda: flat(params)[:1], metric="adam")
 
 
 def test_warmup_runs_the_plain_optimizer_first():

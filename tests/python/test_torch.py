@@ -11,6 +11,13 @@ F64 = torch.float64
 TIGHT = dict(atol=1e-13, btol=1e-13, conlim=0, maxiter=5000)
 
 
+@pytest.fixture(autouse=True)
+def _reproducible():
+    """Tests that draw from torch's global generator get the same numbers in every run (torch
+    seeds it afresh in each process)."""
+    torch.manual_seed(0)
+
+
 def dense_reference(A, b, damp):
     """argmin |Ax - b|^2 + damp^2 |x|^2 (minimum-norm), differentiable by torch autograd; real
     or complex."""
