@@ -424,6 +424,8 @@ def test_bad_input_and_unsupported_device():
         dt.lstsq(A, torch.ones(5, dtype=torch.float32))
     with pytest.raises(ValueError, match="damp"):
         dt.lstsq(A, torch.ones(5, dtype=F64), -1.0)
+    with pytest.raises(ValueError, match="maxiter"):
+        dt.lstsq(A, torch.ones(5, dtype=F64), maxiter=0)
     with pytest.raises(ValueError, match="shape"):
         dt.lstsq(lambda v: v, torch.ones(5, dtype=F64))
     with pytest.raises(ValueError, match="device"):
@@ -515,6 +517,65 @@ def test_forward_mode_refuses_a_callable_that_captures_a_dual_tensor():
             dt.lstsq(lambda v: Wd @ v, b, 0.2, shape=(7, 4))
         x = dt.lstsq(lambda v, W: W @ v, b, 0.2, params=(Wd,), shape=(7, 4), **TIGHT)
         assert fwAD.unpack_dual(x).tangent is not None
+
+
+def test_reverse_mode_refuses_a_callable_that_captures_a_tensor_requiring_grad():
+    # W's gradient would be lost inside the Function (the dense reference gives it a nonzero
+    # one): an error. Without grad mode, or with W detached or in params, the solve goes on.
+    g = torch.Generator().manual_seed(24)
+    W = torch.randn(7, 4, dtype=F64, generator=g, requires_grad=True)
+    b = torch.randn(7, dtype=F64, generator=g)
+    with pytest.raises(ValueError, match="captured by the callable"):
+        dt.lstsq(lambda v: W @ v, b, 0.2, shape=(7, 4))
+    with torch.no_grad():
+        x0 = dt.lstsq(lambda v: W @ v, b, 0.2, shape=(7, 4), **TIGHT)
+    Wc = W.detach()
+    x1 = dt.lstsq(lambda v: Wc @ v, b, 0.2, shape=(7, 4), **TIGHT)
+    x2 = dt.lstsq(lambda v, W: W @ v, b, 0.2, params=(W,), shape=(7, 4), **TIGHT)
+    ref = dense_reference(W.detach(), b, 0.2)
+    for x in (x0, x1, x2):
+        assert torch.allclose(x, ref, rtol=1e-10)
+
+
+def test_tangents_and_gradients_are_not_differentiated_silently():
+    # Reverse mode through a forward-mode tangent (its value is exact, its derivative would be
+    # zeros: the tangent is computed outside autograd), and forward mode through a gradient
+    # taken with create_graph=True: both raise.
+    import torch.autograd.forward_ad as fwAD
+    g = torch.Generator().manual_seed(25)
+    A = torch.randn(6, 4, dtype=F64, generator=g, requires_grad=True)
+    Adot, b = torch.randn(6, 4, dtype=F64, generator=g), torch.randn(6, dtype=F64, generator=g)
+    with fwAD.dual_level():
+        x = dt.lstsq(fwAD.make_dual(A, Adot), b, 0.2, **TIGHT)
+        xdot = fwAD.unpack_dual(x).tangent
+        Ad = A.detach().requires_grad_()
+        ref = fwAD.unpack_dual(dense_reference(fwAD.make_dual(Ad, Adot), b, 0.2)).tangent
+    assert torch.allclose(xdot, ref, rtol=1e-9)
+    with pytest.raises(RuntimeError, match="forward-mode tangents"):
+        xdot.sum().backward()
+    with fwAD.dual_level():
+        with pytest.raises(RuntimeError, match="double backward"):
+            torch.autograd.grad(dt.lstsq(fwAD.make_dual(A, Adot), b, 0.2).sum(), A,
+                                create_graph=True)
+
+
+def test_statuses_of_the_forward_mode_solves_are_reported_and_follow_the_policy():
+    import torch.autograd.forward_ad as fwAD
+    A = with_singular_values(30, 20, torch.logspace(0, -4, 20).tolist(), seed=10)
+    Adot = torch.randn(30, 20, dtype=F64, generator=torch.Generator().manual_seed(12))
+    b = torch.randn(30, dtype=F64, generator=torch.Generator().manual_seed(11))
+    limits = dict(**TIGHT, backward_tol=(1e-13, 1e-13, 0, 2))
+    with fwAD.dual_level():
+        with pytest.raises(dt.SolveError, match="iteration limit"):
+            dt.lstsq(fwAD.make_dual(A, Adot), b, **limits)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            x, info = dt.lstsq(fwAD.make_dual(A, Adot), b, **limits, on_failure="ignore",
+                               return_info=True)
+        assert torch.isfinite(fwAD.unpack_dual(x).tangent).all()
+        assert any(rec[1] == 7 for rec in info["jvp"][0])
+        _, info = dt.lstsq(fwAD.make_dual(A, Adot), b, **TIGHT, return_info=True)
+    assert info["jvp"][0] and all(rec[1] in (1, 2, 4, 5) for rec in info["jvp"][0])
 
 
 @pytest.mark.parametrize("m,n,lam,dtype", [(7, 4, 0.0, F64), (7, 4, 0.2, F64), (4, 7, 0.0, F64),

@@ -101,6 +101,7 @@ class _Lstsq(torch.autograd.Function):
         ctx.other_params = [p for p in params if not torch.is_tensor(p)]
         ctx.save_for_backward(A, b, damp, *[p for p in params if torch.is_tensor(p)])
         ctx.jvp_params = [p.detach() if torch.is_tensor(p) else p for p in params]
+        ctx.jvp_inputs = (A, b, damp, *params)
         X = _stack([torch.from_numpy(f.x) for f in fwds], n)
         return X.reshape((n,) + tuple(b.shape[1:])).to(dtype)
 
@@ -164,22 +165,27 @@ class _Lstsq(torch.autograd.Function):
         Bt = None if b_t is None else b_t.reshape(m, _ncols(b_t))
         dl = 0.0 if damp_t is None else float(damp_t)
         cols = []
+        records = cfg["info"].setdefault("jvp", [])
         for j, f in enumerate(fwds):
             bt = None if Bt is None else _numpy(Bt[:, j])
             if conv:
                 kt = None if params_t[0] is None else _numpy(params_t[0])
-                xdot, _ = layer.jvp(f, kt, bt, dl)
+                xdot, recs = layer.jvp(f, kt, bt, dl)
             elif A_t is not None:
-                xdot, _ = layer.jvp(f, _numpy(A_t).reshape(-1), bt, dl)
+                xdot, recs = layer.jvp(f, _numpy(A_t).reshape(-1), bt, dl)
             elif cfg["op"] is None:
-                xdot, _ = layer.jvp(f, None, bt, dl)
+                xdot, recs = layer.jvp(f, None, bt, dl)
             elif products:
-                xdot, _ = layer.jvp(f, *products, bt, dl)
+                xdot, recs = layer.jvp(f, *products, bt, dl)
             else:
-                xdot, _ = layer.jvp(f, bt, dl)
+                xdot, recs = layer.jvp(f, bt, dl)
+            records.append(recs)
             cols.append(torch.from_numpy(xdot))
-        out = _stack(cols, n)
-        return out.reshape((n,) + tuple(cfg["b_shape"][1:])).to(cfg["dtype"])
+        out = _stack(cols, n).reshape((n,) + tuple(cfg["b_shape"][1:])).to(cfg["dtype"])
+        # ẋ depends on the inputs and on their tangents, but is computed outside autograd:
+        # differentiating it in reverse mode must fail, not give zeros.
+        deps = [t for t in (*ctx.jvp_inputs, A_t, b_t, damp_t, *params_t) if torch.is_tensor(t)]
+        return _NoReverse.apply(out, *deps)
 
 
 _DOUBLE_BACKWARD = ("difflsq.torch.lstsq does not support double backward (differentiating "
@@ -201,6 +207,25 @@ class _Gradients(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *_):
         raise RuntimeError(_DOUBLE_BACKWARD)
+
+    @staticmethod
+    def jvp(ctx, *_):  # forward-over-reverse differentiates the gradients too
+        raise RuntimeError(_DOUBLE_BACKWARD)
+
+
+class _NoReverse(torch.autograd.Function):
+    """The tangent ẋ of forward mode, as a node whose inputs are what ẋ depends on: reverse
+    mode through ẋ (reverse-over-forward) reaches this node and raises."""
+
+    @staticmethod
+    def forward(ctx, tangent, *deps):
+        return tangent
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError("difflsq.torch.lstsq does not support reverse mode through its "
+                           "forward-mode tangents (differentiating a tangent); the tangents "
+                           "themselves are exact")
 
 
 def _callbacks(op, params, m, n, dtype):
@@ -384,15 +409,20 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
         Stopping rules of the backward solves; None: the forward ones. Their maxiter None
         (or 0): max(2 x the forward iterations, the method's default for max(m, n)).
     on_failure : "raise", "warn" or "ignore"
-        What a forward or backward solve that does not converge does: raise
-        :class:`SolveError`, issue a :class:`SolveWarning`, or nothing.
+        What a forward, backward or forward-mode solve that does not converge does: raise
+        :class:`SolveError`, issue a :class:`SolveWarning`, or nothing ("ignore" is the
+        caller's explicit choice to read the statuses in ``info`` instead).
     return_info : bool
         Also return a dict: ``info["forward"]`` the reports of the forward solves (SciPy's
-        istop, itn, r1norm, ...), and after backward ``info["backward"]`` the (role, istop, itn)
-        of each backward solve.
+        istop, itn, r1norm, ...), after backward ``info["backward"]`` and after a forward-mode
+        product ``info["jvp"]`` the (role, istop, itn) of each of their solves.
 
-    Double backward is not supported (raises). Forward-mode AD works for tensor A, b and damp,
-    and for the kernel of a Convolution1d.
+    Forward-mode AD works for tensor A, b and damp, for the params of a callable and for the
+    kernel of a Convolution1d. Not supported, and an error rather than a wrong value:
+    differentiating the gradients (double backward, forward-over-reverse) or the forward-mode
+    tangents (reverse-over-forward), and a callable that captures a tensor requiring grad
+    instead of taking it in ``params``. vmap-batched gradients (``is_grads_batched``,
+    ``vectorize=True``) are not supported either.
     """
     if on_failure not in ("raise", "warn", "ignore"):
         raise ValueError(f"difflsq.torch: on_failure must be 'raise', 'warn' or 'ignore', "
@@ -469,9 +499,9 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
     def warn(msg):
         warnings.warn(msg, SolveWarning, stacklevel=3)
 
-    limit = 0 if maxiter is None else int(maxiter)
-    if limit < 0:
-        raise ValueError(f"difflsq.torch: maxiter must be >= 0, got {maxiter}")
+    limit = 0 if maxiter is None else int(maxiter)  # 0: the layer's default
+    if maxiter is not None and limit < 1:
+        raise ValueError(f"difflsq.torch: maxiter must be >= 1 or None, got {maxiter}")
     btuple = None
     if backward_tol is not None:
         ba, bb, bc, bk = backward_tol
@@ -480,13 +510,18 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
                                                      float(conlim), limit, btuple, on_failure,
                                                      warn)
     user_callable = callable(op) and not isinstance(op, Convolution1d)
-    if user_callable and _fwad._current_level >= 0 and m and n:
-        # Forward AD is on but off inside the Function: a dual tensor the callable captures
-        # would lose its tangent there. One product outside finds it (_as_output raises).
-        with torch.no_grad():
-            _as_output(op(torch.zeros(n, dtype=dtype),
-                          *(_fwad.unpack_dual(p).primal if torch.is_tensor(p) else p
-                            for p in params)), m, "A(v, *params)", dtype)
+    if user_callable and m and n and (torch.is_grad_enabled() or _fwad._current_level >= 0):
+        # The solve sees A only through products, inside the Function: a tensor the callable
+        # captures instead of taking it in params would lose its gradient (reverse mode) or
+        # its tangent (forward mode; _as_output raises). One product outside finds either.
+        y = op(torch.zeros(n, dtype=dtype),
+               *(_fwad.unpack_dual(p).primal.detach() if torch.is_tensor(p) else p
+                 for p in params))
+        _as_output(y, m, "A(v, *params)", dtype)
+        if y.requires_grad:
+            raise ValueError("difflsq.torch: A(v, *params) depends on a tensor that requires "
+                             "grad but is not in params (captured by the callable); its "
+                             "gradient would be lost: pass it in params, or detach it")
     info = {}
     cfg = {"layer": layer, "shape": (m, n), "op": op, "info": info, "dtype": dtype,
            "b_shape": tuple(b.shape)}
