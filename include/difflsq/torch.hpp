@@ -45,12 +45,33 @@
 
 namespace difflsq {
 
-/// Options of lstsq(): the method, forward and backward tolerances and the failure policy.
+/// How one solve made by lstsq() ended.
+struct TorchSolveRecord {
+  std::string role;  ///< "forward", or the rule's solve, e.g. "backward: min |A^T p - xbar|"
+  Status status;
+  Index iterations;
+  bool converged;
+};
+
+/// The solves of lstsq(), per pass and column of b, in order (TorchLstsqOptions::info).
+struct TorchLstsqInfo {
+  std::vector<TorchSolveRecord> forward, backward, jvp;
+};
+
+/// Options of lstsq(): the method, forward and backward tolerances, the failure policy, and
+/// where warnings and the statuses of the solves go.
 struct TorchLstsqOptions {
   Method method = Method::Lsmr;
   Tolerances<double> forward{};
   std::optional<Tolerances<double>> backward{};
   FailurePolicy on_failure = FailurePolicy::Raise;
+  /// Receives the message of a solve that did not converge under FailurePolicy::Warn; by
+  /// default it becomes a LibTorch warning (TORCH_WARN: a Python warning when called from
+  /// Python, stderr otherwise).
+  std::function<void(const std::string&)> warn{};
+  /// When set, every solve of the forward pass, of the backward pass and of forward mode is
+  /// appended to it as the pass runs (under FailurePolicy::Ignore, the way to find failures).
+  std::shared_ptr<TorchLstsqInfo> info{};
 };
 
 /// A matrix-free operator for lstsq(): fn(v, params) = A(params)·v for v of length n, linear
@@ -132,8 +153,29 @@ LeastSquaresOptions<Scalar> layer_options(const TorchLstsqOptions& o) {
   out.forward = cast(o.forward);
   if (o.backward) out.backward = cast(*o.backward);
   out.on_failure = o.on_failure;
+  out.warn = o.warn ? o.warn : [](const std::string& msg) { TORCH_WARN(msg); };
   return out;
 }
+
+/// Appends a solve to `list` of `info` (when there is one).
+template <class Real>
+void record(const std::shared_ptr<TorchLstsqInfo>& info,
+            std::vector<TorchSolveRecord> TorchLstsqInfo::*list, const char* role,
+            const Report<Real>& report) {
+  if (info) ((*info).*list).push_back({role, report.status, report.iterations, report.converged()});
+}
+template <class Real>
+void record(const std::shared_ptr<TorchLstsqInfo>& info,
+            std::vector<TorchSolveRecord> TorchLstsqInfo::*list,
+            const std::vector<SolveRecord<Real>>& solves) {
+  for (const auto& s : solves) record(info, list, s.role, s.report);
+}
+
+/// The options, kept between a Function's forward and backward passes.
+struct OptionsHolder : torch::CustomClassHolder {
+  TorchLstsqOptions options;
+  explicit OptionsHolder(TorchLstsqOptions o) : options(std::move(o)) {}
+};
 
 /// t's values in contiguous memory: conjugate and negative views (lazy bits that data_ptr does
 /// not apply) are resolved first.
@@ -408,8 +450,9 @@ struct CallableState : CallableStateBase {
   TorchCallable<Scalar> op;
   LeastSquares<Scalar> layer;
   std::vector<Forward<TorchCallable<Scalar>>> columns;
+  std::shared_ptr<TorchLstsqInfo> info;
   CallableState(TorchCallable<Scalar> o, const TorchLstsqOptions& opts)
-      : op(std::move(o)), layer(layer_options<Scalar>(opts)) {}
+      : op(std::move(o)), layer(layer_options<Scalar>(opts)), info(opts.info) {}
 };
 
 }  // namespace detail
@@ -430,14 +473,8 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
     ctx->save_for_backward({ac, b2, x, r, damp, a, b});  // a, b: GradientsNode's inputs
     ctx->saved_data["status"] = status;
     ctx->saved_data["anorm"] = anorm;
-    ctx->saved_data["method"] = static_cast<int64_t>(options.method);
-    ctx->saved_data["policy"] = static_cast<int64_t>(options.on_failure);
-    const auto& t = options.backward ? *options.backward : options.forward;
-    ctx->saved_data["tol"] = std::vector<double>{t.atol, t.btol, t.conlim,
-                                                 static_cast<double>(t.max_iterations)};
-    const auto& f = options.forward;
-    ctx->saved_data["ftol"] = std::vector<double>{f.atol, f.btol, f.conlim,
-                                                  static_cast<double>(f.max_iterations)};
+    ctx->saved_data["options"] =
+        c10::IValue::make_capsule(c10::make_intrusive<detail::OptionsHolder>(options));
     return b.dim() == 1 ? x.reshape({a.size(1)}) : x;
   }
 
@@ -459,17 +496,9 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
   }
 
  private:
-  static TorchLstsqOptions options_from(torch::autograd::AutogradContext* ctx) {
-    TorchLstsqOptions o;
-    o.method = static_cast<Method>(ctx->saved_data["method"].toInt());
-    o.on_failure = static_cast<FailurePolicy>(ctx->saved_data["policy"].toInt());
-    auto tol = [](const c10::IValue& v) {
-      const auto d = v.toDoubleVector();
-      return Tolerances<double>{d[0], d[1], d[2], static_cast<Index>(d[3])};
-    };
-    o.forward = tol(ctx->saved_data["ftol"]);
-    o.backward = tol(ctx->saved_data["tol"]);
-    return o;
+  static const TorchLstsqOptions& options_from(torch::autograd::AutogradContext* ctx) {
+    const auto capsule = ctx->saved_data["options"].toCapsule();
+    return static_cast<const detail::OptionsHolder&>(*capsule).options;
   }
 
   template <class Scalar>
@@ -495,7 +524,12 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
     for (Index j = 0; j < k; ++j) {
       const Eigen::Map<const Vector<Scalar>> bj(detail::data<Scalar>(bt) + j * m, m);
       auto f = layer.forward(op, bj, lam);
-      if (t) dxs.push_back(layer.jvp(f, t->column(j)).x);
+      detail::record(options.info, &TorchLstsqInfo::forward, "forward", f.report);
+      if (t) {
+        auto out = layer.jvp(f, t->column(j));
+        detail::record(options.info, &TorchLstsqInfo::jvp, out.solves);
+        dxs.push_back(std::move(out.x));
+      }
       xs[j] = std::move(f.x);
       rs[j] = std::move(f.r);
       status[j][0] = static_cast<int64_t>(f.report.status);
@@ -515,7 +549,8 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
     const Index m = a.size(0), n = a.size(1), k = b.size(1);
     const detail::TensorMap<Scalar> map(detail::data<Scalar>(a), m, n);
     const auto op = parameterized(map);
-    LeastSquares<Scalar> layer(detail::layer_options<Scalar>(options_from(ctx)));
+    const auto& options = options_from(ctx);
+    LeastSquares<Scalar> layer(detail::layer_options<Scalar>(options));
     const auto status = ctx->saved_data["status"].toTensor();
     const auto anorm = ctx->saved_data["anorm"].toTensor();
     const auto bt = detail::dense(b.t()), xt = detail::dense(x.t()), rt = detail::dense(r.t()),
@@ -538,6 +573,7 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
       f.report.iterations = static_cast<Index>(status[j][1].item<int64_t>());
       f.report.anorm = static_cast<RealOf<Scalar>>(anorm[j].item<double>());
       auto g = layer.backward(f, col(gt, j, n));
+      detail::record(options.info, &TorchLstsqInfo::backward, g.solves);
       theta += g.theta;
       bbars[j] = std::move(g.b);
       dsum += static_cast<double>(g.damp);
@@ -586,7 +622,12 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
       for (Index j = 0; j < bt.size(0); ++j) {
         const Eigen::Map<const Vector<Scalar>> bj(detail::data<Scalar>(bt) + j * m, m);
         st->columns.push_back(st->layer.forward(st->op, bj, lam));
-        if (t) dxs.push_back(st->layer.jvp(st->columns.back(), t->column(j)).x);
+        detail::record(st->info, &TorchLstsqInfo::forward, "forward", st->columns.back().report);
+        if (t) {
+          auto out = st->layer.jvp(st->columns.back(), t->column(j));
+          detail::record(st->info, &TorchLstsqInfo::jvp, out.solves);
+          dxs.push_back(std::move(out.x));
+        }
         xs.push_back(st->columns.back().x);
       }
       x = detail::from_columns(xs, n);
@@ -625,6 +666,7 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
         for (std::size_t j = 0; j < st.columns.size(); ++j) {
           const Eigen::Map<const Vector<Scalar>> xbar(detail::data<Scalar>(gt) + Index(j) * n, n);
           auto g = st.layer.backward(st.columns[j], xbar);
+          detail::record(st.info, &TorchLstsqInfo::backward, g.solves);
           bbars.push_back(std::move(g.b));
           dsum += static_cast<double>(g.damp);
           for (auto& term : g.a_terms) terms.push_back(std::move(term));

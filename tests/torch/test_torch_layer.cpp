@@ -554,3 +554,81 @@ DOCTEST_TEST_CASE(
   DOCTEST_CHECK_THROWS_WITH_AS(difflsq::lstsq_jvp(a, b, d, da_t, {}, {}, o),
                                doctest::Contains("[9, 5]"), std::invalid_argument);
 }
+
+DOCTEST_TEST_CASE("LibTorch layer: statuses of every solve, and the warn and ignore policies") {
+  torch::manual_seed(7);
+  const auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  // Columns scaled over four decades: two iterations cannot reach tolerance 1e-13.
+  const auto a0 = torch::randn({30, 20}, opts) * torch::logspace(0, -4, 20, 10, opts);
+  const auto b = torch::randn({30}, opts);
+  const auto w = torch::randn({20}, opts);
+  auto solve = [&](difflsq::TorchLstsqOptions o) {
+    o.forward = {1e-13, 1e-13, 0, 5000};
+    o.backward = difflsq::Tolerances<double>{1e-13, 1e-13, 0, 2};
+    auto a = a0.clone().requires_grad_(true);
+    (difflsq::lstsq(a, b, 0.0, o) * w).sum().backward();
+    return a.grad();
+  };
+  auto failed = [](const std::vector<difflsq::TorchSolveRecord>& list) {
+    return std::count_if(list.begin(), list.end(), [](const auto& r) {
+      return !r.converged && r.status == difflsq::Status::IterationLimit && r.iterations == 2;
+    });
+  };
+
+  // Warn, through a callback: each failed backward solve once, and recorded as failed.
+  difflsq::TorchLstsqOptions warn;
+  warn.on_failure = difflsq::FailurePolicy::Warn;
+  std::vector<std::string> messages;
+  warn.warn = [&](const std::string& m) { messages.push_back(m); };
+  warn.info = std::make_shared<difflsq::TorchLstsqInfo>();
+  const auto grad = solve(warn);
+  DOCTEST_CHECK(torch::isfinite(grad).all().item<bool>());
+  DOCTEST_REQUIRE(warn.info->forward.size() == 1);
+  DOCTEST_CHECK(warn.info->forward[0].converged);
+  DOCTEST_CHECK(warn.info->forward[0].role == "forward");
+  const auto failures = failed(warn.info->backward);
+  DOCTEST_CHECK(failures >= 1);
+  DOCTEST_CHECK(messages.size() == std::size_t(failures));
+  for (const auto& m : messages) DOCTEST_CHECK(m.find("backward") != std::string::npos);
+
+  // Warn without a callback: a LibTorch warning.
+  struct Collect : c10::WarningHandler {
+    std::vector<std::string> seen;
+    void process(const c10::SourceLocation&, const std::string& msg, const bool) override {
+      seen.push_back(msg);
+    }
+  } handler;
+  {
+    c10::Warning::WarningHandlerGuard guard(&handler);
+    difflsq::TorchLstsqOptions plain;
+    plain.on_failure = difflsq::FailurePolicy::Warn;
+    solve(plain);
+  }
+  DOCTEST_CHECK(handler.seen.size() == std::size_t(failures));
+
+  // Ignore: silent, and the statuses say what happened.
+  difflsq::TorchLstsqOptions ignore;
+  ignore.on_failure = difflsq::FailurePolicy::Ignore;
+  ignore.info = std::make_shared<difflsq::TorchLstsqInfo>();
+  solve(ignore);
+  DOCTEST_CHECK(failed(ignore.info->backward) == failures);
+
+  // Forward mode: its solves in info->jvp; the callable's forward and backward solves too.
+  difflsq::TorchLstsqOptions fm;
+  fm.forward = {1e-12, 1e-12, 0, 5000};
+  fm.info = std::make_shared<difflsq::TorchLstsqInfo>();
+  const auto damp = torch::full({}, 0.1, opts);
+  difflsq::lstsq_jvp(a0, b, damp, torch::randn({30, 20}, opts), torch::Tensor(), torch::Tensor(),
+                     fm);
+  DOCTEST_CHECK(fm.info->forward.size() == 1);
+  DOCTEST_CHECK(!fm.info->jvp.empty());
+  for (const auto& r : fm.info->jvp) DOCTEST_CHECK(r.converged);
+  fm.info = std::make_shared<difflsq::TorchLstsqInfo>();
+  auto mat = a0.clone().requires_grad_(true);
+  const difflsq::TorchOperator apply =
+      [](const torch::Tensor& v, const std::vector<torch::Tensor>& p) { return p[0].matmul(v); };
+  difflsq::lstsq(apply, {30, 20}, b, damp, {mat}, fm).sum().backward();
+  DOCTEST_CHECK(fm.info->forward.size() == 1);
+  DOCTEST_CHECK(!fm.info->backward.empty());
+  for (const auto& r : fm.info->backward) DOCTEST_CHECK(r.converged);
+}
