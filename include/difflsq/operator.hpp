@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <complex>
 #include <concepts>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -213,12 +214,15 @@ auto make_operator(Index rows, Index cols, MatVec matvec, RMatVec rmatvec) {
 
 // --- adjoint view -----------------------------------------------------------------------------
 
-/// Aᴴ as an operator; holds a reference to A.
+/// Aᴴ as an operator; refers to A when given an lvalue, owns it (shared) when given a
+/// temporary, such as the adapter of `adjoint(as_operator(M))`.
 template <LinearOperator Op>
 class AdjointOperator {
  public:
   using Scalar = typename Op::Scalar;
   explicit AdjointOperator(const Op& a) : a_(&a) {}
+  explicit AdjointOperator(Op&& a)
+      : owned_(std::make_shared<const Op>(std::move(a))), a_(owned_.get()) {}
   Index rows() const { return a_->cols(); }
   Index cols() const { return a_->rows(); }
   void apply(Eigen::Ref<const Vector<Scalar>> x, Eigen::Ref<Vector<Scalar>> y) const {
@@ -244,6 +248,7 @@ class AdjointOperator {
   }
 
  private:
+  std::shared_ptr<const Op> owned_;
   const Op* a_;
 };
 
@@ -286,12 +291,18 @@ using OperatorOf = std::remove_cvref_t<decltype(as_operator(std::declval<const A
 template <OperatorLike A>
 using ScalarOf = typename OperatorOf<A>::Scalar;
 
-/// The adjoint view of A (an operator or a matrix).
+/// The adjoint view of A: an operator (referred to, or owned when it is a temporary) or an
+/// Eigen matrix (referred to through an owned adapter). A must outlive the view.
 template <OperatorLike A>
 auto adjoint(const A& a) {
-  static_assert(LinearOperator<A>,
-                "difflsq::adjoint: for a matrix use M.adjoint() or as_operator(M)");
-  return AdjointOperator<A>(a);
+  if constexpr (LinearOperator<A>)
+    return AdjointOperator<A>(a);
+  else
+    return AdjointOperator<OperatorOf<A>>(as_operator(a));
+}
+template <LinearOperator Op>
+requires(!std::is_lvalue_reference_v<Op>) auto adjoint(Op&& a) {
+  return AdjointOperator<Op>(std::move(a));
 }
 
 // --- the dot test -----------------------------------------------------------------------------

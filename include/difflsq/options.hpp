@@ -96,6 +96,23 @@ struct IterationInfo {
   Real xnorm;   ///< ‖x‖ (LSQR: ‖x − x0‖)
 };
 
+namespace detail {
+/// Empty when every entry of v is finite, else "name[i] = value" for the first that is not.
+template <class Derived>
+std::string non_finite_entry(const Eigen::DenseBase<Derived>& v, const std::string& name) {
+  if (v.allFinite()) return {};
+  for (Index i = 0; i < v.size(); ++i) {
+    const auto e = v.derived().coeff(i);
+    if (!std::isfinite(std::real(e)) || !std::isfinite(std::imag(e))) {
+      std::ostringstream s;
+      s << name << "[" << i << "] = " << e;
+      return s.str();
+    }
+  }
+  return {};
+}
+}  // namespace detail
+
 /// Solver options. Defaults are SciPy's. Usable with designated initializers:
 /// `difflsq::lsmr(A, b, {.damp = 0.1, .atol = 1e-10, .btol = 1e-10})`.
 template <class Scalar = double>
@@ -140,7 +157,8 @@ struct Options {
       if (x0->size() != n)
         fail("Options::x0 has length " + std::to_string(x0->size()) + " but A has " +
              std::to_string(n) + " columns");
-      if (!x0->allFinite()) fail("Options::x0 contains a non-finite value");
+      if (const auto bad = detail::non_finite_entry(*x0, "Options::x0"); !bad.empty())
+        fail("the initial guess must be finite, got " + bad);
     }
     if (column_scaling) {
       if (column_scaling->size() != n)

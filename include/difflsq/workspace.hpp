@@ -132,7 +132,8 @@ Report<RealOf<typename Op::Scalar>> solve(Workspace<typename Op::Scalar>& ws, co
   if (b.size() != m)
     throw std::invalid_argument("difflsq: b has length " + std::to_string(b.size()) + " but A is " +
                                 std::to_string(m) + " x " + std::to_string(n));
-  if (!b.allFinite()) throw std::invalid_argument("difflsq: b contains a non-finite value");
+  if (const auto bad = detail::non_finite_entry(b, "b"); !bad.empty())
+    throw std::invalid_argument("difflsq: b must be finite, got " + bad);
   opts.validate(n);
 
   Report<Real> report;

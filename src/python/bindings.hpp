@@ -53,11 +53,16 @@ struct Printer {
       const double test1 = bnorm > 0 ? r / bnorm : 0;
       const double denom = static_cast<double>(it.anorm) * r;
       const double test2 = denom > 0 ? static_cast<double>(it.arnorm) / denom : 0;
+      // lsqr.py's columns (r1norm, r2norm) and spacing, or lsmr.py's (norm r, norm Ar).
+      const bool lsqr = method == "lsqr";
       char line[160];
-      std::snprintf(line, sizeof line, "%6lld %12.5e %10.3e %10.3e  %8.1e %8.1e %8.1e %8.1e",
+      std::snprintf(line, sizeof line,
+                    lsqr ? "%6lld %12.5e  %10.3e %10.3e   %8.1e %8.1e  %8.1e %8.1e"
+                         : "%6lld %12.5e %10.3e %10.3e  %8.1e %8.1e %8.1e %8.1e",
                     static_cast<long long>(it.iteration),
                     it.x.size() ? static_cast<double>(std::real(it.x[0])) : 0.0,
-                    static_cast<double>(it.r1norm), r, test1, test2,
+                    lsqr ? static_cast<double>(it.r1norm) : r,
+                    lsqr ? r : static_cast<double>(it.arnorm), test1, test2,
                     static_cast<double>(it.anorm), static_cast<double>(it.acond));
       py::gil_scoped_acquire gil;
       py::print(line);

@@ -2,9 +2,11 @@
 
 ``lsqr`` and ``lsmr`` are drop-in replacements for ``scipy.sparse.linalg.lsqr`` and
 ``scipy.sparse.linalg.lsmr``: same arguments, same defaults, same return tuples and ``istop``
-codes. Dense NumPy arrays and SciPy sparse matrices iterate entirely in C++ (no copy beyond a
-format or dtype conversion); anything ``scipy.sparse.linalg.aslinearoperator`` accepts calls back
-into Python for its products.
+codes. Dense NumPy arrays and SciPy sparse matrices iterate entirely in C++: dense arrays in
+place, sparse CSR/CSC in place above 2**20 nonzeros and below that over a copy of A and of Aᵀ in
+sliced ELLPACK (about twice the matrix's memory, for faster products); other formats and dtypes
+are converted first. Anything ``scipy.sparse.linalg.aslinearoperator`` accepts calls back into
+Python for its products.
 
 Differences from SciPy, all deliberate:
 
@@ -98,19 +100,31 @@ def _solve(method, A, b, damp, atol, btol, conlim, maxiter, show, calc_var, x0):
     if x0_arr is not None:
         dtypes.append(x0_arr.dtype if x0_arr.dtype.kind in "fc" else np.float64)
     dtype = _working_dtype(*dtypes)
+    if np.dtype(dtype) not in _SUFFIX:
+        raise TypeError(f"difflsq: inputs of dtype {np.dtype(dtype)} are not supported (float32, "
+                        f"float64, complex64, complex128); convert them, e.g. .astype(np.float64)")
     suffix = _SUFFIX[np.dtype(dtype)]
 
     b_vec = _prepare_vector(b_arr, "b", dtype, m)
     x0_vec = None if x0_arr is None else _prepare_vector(x0_arr, "x0", dtype, n)
     # A limit of 0 iterations is a valid request; the C++ side reads <= 0 as "default".
     limit = -1 if maxiter is None else maxiter
+    if show or limit == 0:  # the C++ checks, before anything is printed or when no solve runs
+        _check_inputs(b_vec, x0_vec, damp, atol, btol, conlim)
+    if show:
+        # SciPy's default limits, as the C++ methods' default_max_iterations.
+        shown = limit if limit >= 0 else (min(m, n) if method == "lsmr" else 2 * n)
+        _print_header(method, m, n, damp, atol, btol, conlim, shown, calc_var)
+        x, rn, arn = _initial_residual(A, kind, b_vec, x0_vec, n, dtype)
+        if rn > 0 and m and n:  # SciPy's line for iteration 0
+            _print_line(method, 0, x[0], rn, rn, arn, 1.0, arn / rn ** 2, None, None)
     if limit == 0:
-        return _zero_iterations(method, A, kind, b_vec, x0_vec, n, dtype)
+        result = _zero_iterations(method, A, kind, b_vec, x0_vec, n, dtype)
+        if show:
+            _print_footer(method, *result[1:9], result[0], np.linalg.norm(b_vec))
+        return _shape(method, result)
     args = _core.SolveArgs(method, damp, float(atol), float(btol), float(conlim),
                            limit if limit > 0 else 0, bool(show), bool(calc_var))
-
-    if show:
-        _print_header(method, m, n, damp, atol, btol, conlim, limit, calc_var)
     if kind == "dense":
         if not (A.flags.c_contiguous or A.flags.f_contiguous) or A.dtype != dtype:
             A = np.ascontiguousarray(A, dtype=dtype)
@@ -136,7 +150,8 @@ def _solve(method, A, b, damp, atol, btol, conlim, maxiter, show, calc_var, x0):
                                                          args)
     x, istop, itn, r1norm, r2norm, anorm, acond, arnorm, xnorm, var = out[:10]
     if show:
-        _print_footer(method, istop, itn, r1norm, r2norm, anorm, acond, arnorm, xnorm)
+        _print_footer(method, istop, itn, r1norm, r2norm, anorm, acond, arnorm, xnorm, x,
+                      np.linalg.norm(b_vec))
     result = (x, istop, itn, r1norm, r2norm, anorm, acond, arnorm, xnorm, var)
     if istop == STATUS_NON_FINITE:
         raise NonFiniteError(
@@ -145,20 +160,41 @@ def _solve(method, A, b, damp, atol, btol, conlim, maxiter, show, calc_var, x0):
     return _shape(method, result)
 
 
+def _check_inputs(b, x0, damp, atol, btol, conlim):
+    """The checks of the C++ solvers (workspace.hpp, Options::validate), same messages."""
+    for name, v in (("b", b), ("x0", x0)):
+        if v is not None and not np.isfinite(v).all():
+            i = int(np.flatnonzero(~np.isfinite(v))[0])
+            raise ValueError(f"difflsq: {name} must be finite, got {name}[{i}] = {v[i]}")
+    for name, t in (("damp", damp), ("atol", atol), ("btol", btol)):
+        if not (np.isfinite(t) and t >= 0):
+            raise ValueError(f"difflsq: {name} must be finite and >= 0, got {t}")
+    if not conlim >= 0:
+        raise ValueError(f"difflsq: conlim must be >= 0 (0 disables), got {conlim}")
+
+
+def _initial_residual(A, kind, b, x0, n, dtype):
+    """x0 (or 0), ‖r0‖ and ‖Aᴴr0‖ for r0 = b − A x0."""
+    x = np.zeros(n, dtype=dtype) if x0 is None else x0.copy()
+    r = b - (A @ x if kind != "operator" else A.matvec(x))
+    arn = float(np.linalg.norm(A.T.conj() @ r if kind != "operator" else A.rmatvec(r)))
+    return x, float(np.linalg.norm(r)), arn
+
+
 def _zero_iterations(method, A, kind, b, x0, n, dtype):
-    """An iteration limit of 0: x = x0 (or 0), no iteration.
+    """An iteration limit of 0: x = x0 (or 0), no iteration; SciPy's 10-tuple.
 
     SciPy reports istop 0 ("x = 0 is the exact solution") here whatever b is; difflsq reports 7
     (iteration limit) unless r0 = 0 or A^H r0 = 0, so that a non-solution never looks converged.
     """
-    x = np.zeros(n, dtype=dtype) if x0 is None else x0.copy()
-    r = b - (A @ x if kind != "operator" else A.matvec(x))
-    rn = float(np.linalg.norm(r))
-    arn = float(np.linalg.norm(A.T.conj() @ r if kind != "operator" else A.rmatvec(r)))
+    x, rn, arn = _initial_residual(A, kind, b, x0, n, dtype)
     istop = 0 if rn == 0 or arn == 0 else 7
     real = np.zeros(0, dtype=dtype).real.dtype
-    result = (x, istop, 0, rn, rn, 0.0, 0.0, arn, float(np.linalg.norm(x)), np.zeros(n, real))
-    return _shape(method, result)
+    if method == "lsqr":  # SciPy's initial estimates; xnorm is ‖x − x0‖
+        anorm, acond, xnorm = 0.0, 0.0, 0.0
+    else:  # LSMR's: ‖A‖ ≈ α₁ = ‖Aᴴr0‖/‖r0‖, cond = 1; xnorm is ‖x‖
+        anorm, acond, xnorm = (arn / rn if rn else 0.0), 1.0, float(np.linalg.norm(x))
+    return (x, istop, 0, rn, rn, anorm, acond, arn, xnorm, np.zeros(n, real))
 
 
 def _shape(method, t):
@@ -184,26 +220,60 @@ _MESSAGES = (
 
 
 def _print_header(method, m, n, damp, atol, btol, conlim, limit, calc_var):
+    """SciPy's header: lsqr.py's for LSQR, lsmr.py's for LSMR (and CGLS)."""
     print(" ")
-    print(f"{method.upper():16}Least-squares solution of  Ax = b")
-    print(f"The matrix A has {m} rows and {n} columns")
-    print("damp = %20.14e   calc_var = %8g" % (damp, calc_var))
-    print("atol = %8.2e                 conlim = %8.2e" % (atol, conlim))
-    print("btol = %8.2e               iter_lim = %8g" % (btol, limit if limit > 0 else -1))
-    print(" ")
-    print("   Itn      x[0]       r1norm     r2norm   Compatible    LS      Norm A   Cond A")
+    if method == "lsqr":
+        print("LSQR            Least-squares solution of  Ax = b")
+        print(f"The matrix A has {m} rows and {n} columns")
+        print("damp = %20.14e   calc_var = %8g" % (damp, calc_var))
+        print("atol = %8.2e                 conlim = %8.2e" % (atol, conlim))
+        print("btol = %8.2e               iter_lim = %8g" % (btol, limit))
+        print(" ")
+        print("   Itn      x[0]       r1norm     r2norm   Compatible    LS      Norm A   Cond A")
+    else:
+        print(f"{method.upper():16}Least-squares solution of  Ax = b\n")
+        print(f"The matrix A has {m} rows and {n} columns")
+        print("damp = %20.14e\n" % damp)
+        print("atol = %8.2e                 conlim = %8.2e\n" % (atol, conlim))
+        print("btol = %8.2e             maxiter = %8g\n" % (btol, limit))
+        print(" ")
+        print("   itn      x(1)       norm r    norm Ar  compatible   LS      norm A   cond A")
 
 
-def _print_footer(method, istop, itn, r1norm, r2norm, anorm, acond, arnorm, xnorm):
+def _print_line(method, itn, x0, r1norm, r2norm, arnorm, test1, test2, anorm, acond):
+    """One progress line in SciPy's layout (the C++ printer in bindings.hpp writes the others);
+    anorm None: the iteration-0 line, without ‖A‖ and cond(A)."""
+    tail = "" if anorm is None else (" %8.1e %8.1e" % (anorm, acond))
+    if method == "lsqr":
+        print("%6g %12.5e  %10.3e %10.3e   %8.1e %8.1e" % (itn, x0.real, r1norm, r2norm, test1,
+                                                          test2) + (" " + tail if tail else ""))
+    else:
+        print("%6g %12.5e %10.3e %10.3e  %8.1e %8.1e" % (itn, x0.real, r2norm, arnorm, test1,
+                                                        test2) + tail)
+
+
+def _print_footer(method, istop, itn, r1norm, r2norm, anorm, acond, arnorm, xnorm, x, bnorm):
     print(" ")
     print(f"{method.upper()} finished")
     print(_MESSAGES[istop])
-    print(" ")
-    print("istop =%8g   r1norm =%8.1e   anorm =%8.1e   arnorm =%8.1e" %
-          (istop, r1norm, anorm, arnorm))
-    print("itn   =%8g   r2norm =%8.1e   acond =%8.1e   xnorm  =%8.1e" %
-          (itn, r2norm, acond, xnorm))
-    print(" ")
+    if method == "lsqr":
+        print(" ")
+        print("istop =%8g   r1norm =%8.1e   anorm =%8.1e   arnorm =%8.1e" %
+              (istop, r1norm, anorm, arnorm))
+        print("itn   =%8g   r2norm =%8.1e   acond =%8.1e   xnorm  =%8.1e" %
+              (itn, r2norm, acond, xnorm))
+        print(" ")
+    else:
+        print("istop =%8g    normr =%8.1e" % (istop, r2norm))
+        print("    normA =%8.1e    normAr =%8.1e" % (anorm, arnorm))
+        print("itn   =%8g    condA =%8.1e" % (itn, acond))
+        print("    normx =%8.1e" % xnorm)
+        if itn > 0:  # lsmr.py repeats the last iteration's line, in two halves
+            test1 = r2norm / bnorm if bnorm else 0.0
+            test2 = arnorm / (anorm * r2norm) if anorm * r2norm else 0.0
+            print("%6g %12.5e  %10.3e %10.3e" % (itn, x[0].real if x.size else 0.0, r2norm,
+                                                 arnorm))
+            print("  %8.1e %8.1e  %8.1e %8.1e" % (test1, test2, anorm, acond))
 
 
 def lsqr(A, b, damp=0.0, atol=1e-6, btol=1e-6, conlim=1e8, iter_lim=None, show=False,
