@@ -208,6 +208,13 @@ class CallbackOperator {
 /// make_operator<double>(m, n, matvec, rmatvec); the scalar defaults to double.
 template <class Scalar = double, class MatVec, class RMatVec>
 auto make_operator(Index rows, Index cols, MatVec matvec, RMatVec rmatvec) {
+  using In = Eigen::Ref<const Vector<Scalar>>&;
+  using Out = Eigen::Ref<Vector<Scalar>>&;
+  static_assert(
+      std::is_invocable_v<const MatVec&, In, Out> && std::is_invocable_v<const RMatVec&, In, Out>,
+      "difflsq::make_operator: matvec and rmatvec are called with (Eigen::Ref<const "
+      "Vector>&, Eigen::Ref<Vector>&): take (const auto& x, auto& y), or those Ref "
+      "types, not const Eigen::VectorXd& (and mind the Scalar template argument)");
   return CallbackOperator<Scalar, MatVec, RMatVec>(rows, cols, std::move(matvec),
                                                    std::move(rmatvec));
 }

@@ -87,15 +87,36 @@ def test_non_contiguous_dense():
     np.testing.assert_allclose(x, np.linalg.lstsq(view, b, rcond=None)[0], rtol=1e-9)
 
 
-@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "lil", "dok", "bsr"])
-def test_sparse_formats(fmt):
+@pytest.mark.parametrize("array", [False, True])  # scipy.sparse matrices and sparse arrays
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "lil", "dok", "bsr", "dia"])
+def test_sparse_formats(fmt, array):
     rng = np.random.default_rng(6)
     s = scipy.sparse.random(200, 50, density=0.1, random_state=7, format=fmt) \
         + scipy.sparse.eye(200, 50, format=fmt)
     s = s.asformat(fmt)
+    if array:
+        s = getattr(scipy.sparse, fmt + "_array")(s)
     b = rng.standard_normal(200)
     x = difflsq.lsqr(s, b, atol=1e-12, btol=1e-12)[0]
     np.testing.assert_allclose(x, np.linalg.lstsq(s.toarray(), b, rcond=None)[0], rtol=1e-8)
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
+@pytest.mark.parametrize("name", ["lsqr", "lsmr"])
+def test_input_kinds_scipy_accepts(name):
+    # b as (m, 1), as np.matrix (SciPy 1.10 raises there), as a list; an integer A; x0 with
+    # damping (SciPy damps x − x0): each against SciPy given the plain vector b.
+    rng = np.random.default_rng(21)
+    a = rng.integers(-5, 6, size=(25, 8))
+    b = rng.standard_normal(25)
+    x0 = rng.standard_normal(8)
+    kw = dict(atol=1e-12, btol=1e-12, damp=0.7)
+    for bb in (b.reshape(-1, 1), np.asmatrix(b).T, list(b)):
+        for guess in (None, x0):
+            ours = getattr(difflsq, name)(a, bb, x0=guess, **kw)
+            ref = getattr(sla, name)(a, b, x0=guess, **kw)
+            assert ours[0].shape == ref[0].shape == (8,) and ours[0].dtype == np.float64
+            np.testing.assert_allclose(ours[0], ref[0], rtol=1e-10)
 
 
 def test_sparse_array_and_int64_indices():
@@ -180,7 +201,8 @@ def test_bad_input_raises_value_error(limit):
         lsqr(a.astype(np.longdouble), b)
 
 
-def test_non_finite_operator_raises_floating_point_error():
+@pytest.mark.parametrize("name", ["lsqr", "lsmr", "cgls"])
+def test_non_finite_operator_raises_floating_point_error(name):
     a, b = problem(20, 8, seed=12)
     count = {"n": 0}
 
@@ -193,7 +215,7 @@ def test_non_finite_operator_raises_floating_point_error():
 
     op = sla.LinearOperator(a.shape, matvec=mv, rmatvec=lambda u: a.T @ u, dtype=np.float64)
     with pytest.raises(FloatingPointError) as info:
-        difflsq.lsqr(op, b, atol=1e-14, btol=1e-14)
+        getattr(difflsq, name)(op, b, atol=1e-14, btol=1e-14)
     x = info.value.result[0]
     assert np.all(np.isfinite(x))
     assert info.value.result[1] == difflsq.STATUS_NON_FINITE
