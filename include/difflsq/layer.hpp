@@ -58,6 +58,10 @@ struct Tolerances {
   Index max_iterations = 0;
 };
 
+/// The layer's options. Deliberately without the core's x0, column_scaling and monitor: the
+/// layer's x is the minimum-norm solution of (1) with x0 = 0, which the rules differentiate; a
+/// starting guess or scaling would change which solution the forward pass returns when A is
+/// rank-deficient and λ = 0, and the backward solves set their own starts (docs/gradients.md).
 template <class Scalar>
 struct LeastSquaresOptions {
   using Real = RealOf<Scalar>;

@@ -14,7 +14,11 @@ Differences from SciPy, all deliberate:
   tolerances below single-precision machine epsilon are raised to it.
 * Bad input raises ``ValueError`` (shapes, non-finite ``b``/``x0``/``damp``, negative tolerances);
   an operator that produces Inf/NaN raises :class:`NonFiniteError` (a ``FloatingPointError``)
-  carrying the last finite iterate, instead of returning NaN.
+  carrying the last finite iterate, instead of returning NaN. A negative iteration limit is a
+  ``ValueError`` (SciPy runs no iteration and reports istop 0); long double is a ``TypeError``.
+* With an iteration limit of 0, istop is 7 (SciPy's 0 would say that x0 solves the problem)
+  unless it does, and LSMR's ``normx`` is ‖x0‖ (SciPy leaves 0).
+* An ``np.matrix`` right-hand side is accepted (SciPy raises).
 """
 
 import numpy as np
