@@ -62,6 +62,17 @@ TEST_CASE_TEMPLATE("check_adjoint passes for correct operators and fails for a w
   }
 }
 
+// A view of a temporary matrix would dangle: refused at compile time; of a named one, or of a
+// temporary adapter (which the view owns), accepted.
+template <class T>
+constexpr bool takes_adjoint = requires(T&& t) {
+  adjoint(std::forward<T>(t));
+};
+static_assert(!takes_adjoint<Eigen::MatrixXd>);
+static_assert(!takes_adjoint<Eigen::Map<const Eigen::MatrixXd>>);
+static_assert(takes_adjoint<const Eigen::MatrixXd&>);
+static_assert(takes_adjoint<difflsq::OperatorOf<Eigen::MatrixXd>>);
+
 TEST_CASE("the adjoint view swaps shapes and products; solving with it solves A^H") {
   std::mt19937_64 gen(2);
   const Mat<double> a = random_matrix<double>(12, 30, gen);

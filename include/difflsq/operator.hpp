@@ -311,6 +311,10 @@ template <LinearOperator Op>
 requires(!std::is_lvalue_reference_v<Op>) auto adjoint(Op&& a) {
   return AdjointOperator<Op>(std::move(a));
 }
+/// Not for a temporary matrix, Map or Ref: the view would refer to it after it is gone. Name
+/// it first (or pass as_operator(M), which the view then owns).
+template <OperatorLike A>
+requires(!LinearOperator<A> && !std::is_lvalue_reference_v<A>) auto adjoint(A&& a) = delete;
 
 // --- the dot test -----------------------------------------------------------------------------
 

@@ -67,10 +67,14 @@ struct TorchLstsqOptions {
   FailurePolicy on_failure = FailurePolicy::Raise;
   /// Receives the message of a solve that did not converge under FailurePolicy::Warn; by
   /// default it becomes a LibTorch warning (TORCH_WARN: a Python warning when called from
-  /// Python, stderr otherwise).
+  /// Python, stderr otherwise). It is kept for the backward pass: what it captures must
+  /// outlive that pass.
   std::function<void(const std::string&)> warn{};
-  /// When set, every solve of the forward pass, of the backward pass and of forward mode is
-  /// appended to it as the pass runs (under FailurePolicy::Ignore, the way to find failures).
+  /// When set, every solve of the forward pass, of the backward pass and of forward mode that
+  /// returns is appended to it as the pass runs (under FailurePolicy::Ignore, the way to find
+  /// failures; under Raise, a failing solve throws SolveError, whose status() it carries,
+  /// instead). The records accumulate over calls that share it; it is not synchronized: one
+  /// per thread.
   std::shared_ptr<TorchLstsqInfo> info{};
 };
 

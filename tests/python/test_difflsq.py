@@ -266,6 +266,15 @@ def test_show_prints_scipys_layout(capsys, name, limit):
                                    rtol=2e-3, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["lsqr", "lsmr"])
+def test_show_for_a_zero_right_hand_side_is_scipys(capsys, name):
+    a, _ = problem(30, 10, seed=15)
+    getattr(difflsq, name)(a, np.zeros(30), show=True)
+    ours = capsys.readouterr().out
+    getattr(sla, name)(a, np.zeros(30), show=True)
+    assert ours == capsys.readouterr().out
+
+
 def test_calc_var_matches_scipy():
     a, b = problem(40, 12, seed=16)
     ours = difflsq.lsqr(a, b, damp=0.3, calc_var=True, atol=1e-12, btol=1e-12)[9]

@@ -535,6 +535,32 @@ def test_reverse_mode_refuses_a_callable_that_captures_a_tensor_requiring_grad()
     ref = dense_reference(W.detach(), b, 0.2)
     for x in (x0, x1, x2):
         assert torch.allclose(x, ref, rtol=1e-10)
+    with torch.inference_mode():  # the adjoint by autograd works there too
+        x3 = dt.lstsq(lambda v, W: W @ v, b, 0.2, params=(W.detach(),), shape=(7, 4), **TIGHT)
+    assert torch.allclose(x3, ref, rtol=1e-10)
+    # Autograd inside the callable (a Jacobian of sin(W x) at z by the double-backward trick)
+    # creates tensors requiring grad afresh in each call: not captured, solved, and b gets the
+    # gradient of the dense problem with that Jacobian.
+    z = torch.randn(4, dtype=F64, generator=g)
+    Wc = W.detach()
+
+    def jacobian_product(v):
+        with torch.enable_grad():
+            x = z.clone().requires_grad_()
+            y = torch.sin(Wc @ x)
+            u = torch.zeros_like(y, requires_grad=True)
+            (gx,) = torch.autograd.grad(y, x, u, create_graph=True)
+            (jv,) = torch.autograd.grad(gx, u, v, create_graph=True)
+        return jv
+
+    bb = b.clone().requires_grad_()
+    x4 = dt.lstsq(jacobian_product, bb, 0.2, shape=(7, 4), **TIGHT)
+    x4.sum().backward()
+    jac = torch.cos(Wc @ z)[:, None] * Wc
+    bref = b.clone().requires_grad_()
+    dense_reference(jac, bref, 0.2).sum().backward()
+    assert torch.allclose(x4, dense_reference(jac, b, 0.2), rtol=1e-10)
+    assert torch.allclose(bb.grad, bref.grad, rtol=1e-9)
 
 
 def test_tangents_and_gradients_are_not_differentiated_silently():

@@ -120,7 +120,13 @@ def _solve(method, A, b, damp, atol, btol, conlim, maxiter, show, calc_var, x0):
         shown = limit if limit >= 0 else (min(m, n) if method == "lsmr" else 2 * n)
         _print_header(method, m, n, damp, atol, btol, conlim, shown, calc_var)
         x, rn, arn = _initial_residual(A, kind, b_vec, x0_vec, n, dtype)
-        if rn > 0 and m and n:  # SciPy's line for iteration 0
+        # As SciPy: when Aᴴr0 = 0, one line says so and nothing follows; else the column
+        # heads and the line for iteration 0.
+        show = arn > 0
+        if not show:
+            print("The exact solution is  x = 0                              " if method == "lsqr"
+                  else "The exact solution is x = 0, or x = x0, if x0 was given  ")
+        else:
             _print_line(method, 0, x[0], rn, rn, arn, 1.0, arn / rn ** 2, None, None)
     if limit == 0:
         result = _zero_iterations(method, A, kind, b_vec, x0_vec, n, dtype)
@@ -165,13 +171,17 @@ def _solve(method, A, b, damp, atol, btol, conlim, maxiter, show, calc_var, x0):
 
 
 def _check_inputs(b, x0, damp, atol, btol, conlim):
-    """The checks of the C++ solvers (workspace.hpp, Options::validate), same messages."""
+    """The checks of the C++ solvers (workspace.hpp, Options::validate), naming the same
+    quantities; damp and the tolerances as the solver's real type will hold them."""
+    real = np.zeros(0, dtype=b.dtype).real.dtype
     for name, v in (("b", b), ("x0", x0)):
         if v is not None and not np.isfinite(v).all():
             i = int(np.flatnonzero(~np.isfinite(v))[0])
             raise ValueError(f"difflsq: {name} must be finite, got {name}[{i}] = {v[i]}")
     for name, t in (("damp", damp), ("atol", atol), ("btol", btol)):
-        if not (np.isfinite(t) and t >= 0):
+        with np.errstate(over="ignore"):
+            finite = np.isfinite(real.type(t))
+        if not (finite and t >= 0):
             raise ValueError(f"difflsq: {name} must be finite and >= 0, got {t}")
     if not conlim >= 0:
         raise ValueError(f"difflsq: conlim must be >= 0 (0 disables), got {conlim}")
@@ -232,21 +242,22 @@ def _print_header(method, m, n, damp, atol, btol, conlim, limit, calc_var):
         print("damp = %20.14e   calc_var = %8g" % (damp, calc_var))
         print("atol = %8.2e                 conlim = %8.2e" % (atol, conlim))
         print("btol = %8.2e               iter_lim = %8g" % (btol, limit))
-        print(" ")
-        print("   Itn      x[0]       r1norm     r2norm   Compatible    LS      Norm A   Cond A")
     else:
         print(f"{method.upper():16}Least-squares solution of  Ax = b\n")
         print(f"The matrix A has {m} rows and {n} columns")
         print("damp = %20.14e\n" % damp)
         print("atol = %8.2e                 conlim = %8.2e\n" % (atol, conlim))
         print("btol = %8.2e             maxiter = %8g\n" % (btol, limit))
-        print(" ")
-        print("   itn      x(1)       norm r    norm Ar  compatible   LS      norm A   cond A")
 
 
 def _print_line(method, itn, x0, r1norm, r2norm, arnorm, test1, test2, anorm, acond):
     """One progress line in SciPy's layout (the C++ printer in bindings.hpp writes the others);
-    anorm None: the iteration-0 line, without ‖A‖ and cond(A)."""
+    anorm None: the line for iteration 0, after the column heads and without ‖A‖, cond(A)."""
+    if anorm is None:
+        print(" ")
+        print("   Itn      x[0]       r1norm     r2norm   Compatible    LS      Norm A   Cond A"
+              if method == "lsqr" else
+              "   itn      x(1)       norm r    norm Ar  compatible   LS      norm A   cond A")
     tail = "" if anorm is None else (" %8.1e %8.1e" % (anorm, acond))
     if method == "lsqr":
         print("%6g %12.5e  %10.3e %10.3e   %8.1e %8.1e" % (itn, x0.real, r1norm, r2norm, test1,

@@ -228,28 +228,46 @@ class _NoReverse(torch.autograd.Function):
                            "themselves are exact")
 
 
+def _graph_leaves(y):
+    """The ids of the tensors requiring grad at the leaves of y's autograd graph."""
+    leaves, seen, stack = set(), set(), [y.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if hasattr(fn, "variable"):  # AccumulateGrad: a leaf
+            leaves.add(id(fn.variable))
+        stack.extend(f for f, _ in fn.next_functions)
+    return leaves
+
+
 def _callbacks(op, params, m, n, dtype):
     """matvec and rmatvec (NumPy in, NumPy out) for A(v, *params); Aᵀu by autograd through one
     application of A at v = 0 (valid for every u since A is linear in v). Checks linearity
     first: A(0) = 0 and the dot test ⟨u, A v⟩ = ⟨Aᵀu, v⟩ for one random pair (two products),
     so that an affine or nonlinear callable is an error, not a silently wrong solution."""
-    detached = [p.detach() if torch.is_tensor(p) else p for p in params]
     what = "A(v, *params)"
+    # The adjoint needs autograd, also under torch.inference_mode (whose tensors it refuses).
+    with torch.inference_mode(False):
+        detached = [(p.clone() if p.is_inference() else p.detach()) if torch.is_tensor(p) else p
+                    for p in params]
+        v0 = torch.zeros(n, dtype=dtype, requires_grad=True)
+        with torch.enable_grad():
+            out0 = _as_output(op(v0, *detached), m, what, dtype)
 
     def matvec(v):
         with torch.no_grad():
             y = op(torch.from_numpy(v), *detached)
         return _as_output(y, m, what, dtype).numpy()
 
-    v0 = torch.zeros(n, dtype=dtype, requires_grad=True)
-    with torch.enable_grad():
-        out0 = _as_output(op(v0, *detached), m, what, dtype)
-
     def rmatvec(u):
         if not out0.requires_grad:  # A does not depend on v at all: A = 0
             return np.zeros(n, dtype=u.dtype)
-        (g,) = torch.autograd.grad(out0, v0, grad_outputs=torch.from_numpy(u).to(out0.dtype),
-                                   retain_graph=True, allow_unused=True)
+        with torch.inference_mode(False):
+            (g,) = torch.autograd.grad(out0, v0,
+                                       grad_outputs=torch.from_numpy(u).to(out0.dtype),
+                                       retain_graph=True, allow_unused=True)
         return np.zeros(n, dtype=u.dtype) if g is None else _numpy(g)
 
     if m and n:
@@ -514,14 +532,18 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
         # The solve sees A only through products, inside the Function: a tensor the callable
         # captures instead of taking it in params would lose its gradient (reverse mode) or
         # its tangent (forward mode; _as_output raises). One product outside finds either.
-        y = op(torch.zeros(n, dtype=dtype),
-               *(_fwad.unpack_dual(p).primal.detach() if torch.is_tensor(p) else p
-                 for p in params))
+        primals = [_fwad.unpack_dual(p).primal.detach() if torch.is_tensor(p) else p
+                   for p in params]
+        y = op(torch.zeros(n, dtype=dtype), *primals)
         _as_output(y, m, "A(v, *params)", dtype)
-        if y.requires_grad:
+        # A tensor requiring grad at the leaves of y's graph in two calls is captured; one
+        # made afresh in each call (autograd used inside the callable) is not.
+        if y.requires_grad and _graph_leaves(y) & _graph_leaves(op(torch.zeros(n, dtype=dtype),
+                                                                   *primals)):
             raise ValueError("difflsq.torch: A(v, *params) depends on a tensor that requires "
-                             "grad but is not in params (captured by the callable); its "
-                             "gradient would be lost: pass it in params, or detach it")
+                             "grad but is not in params (captured by the callable, e.g. an "
+                             "nn.Module's weights); its gradient would be lost: pass it in "
+                             "params, or detach it, or solve under torch.no_grad()")
     info = {}
     cfg = {"layer": layer, "shape": (m, n), "op": op, "info": info, "dtype": dtype,
            "b_shape": tuple(b.shape)}
