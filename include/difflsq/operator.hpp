@@ -214,7 +214,7 @@ auto make_operator(Index rows, Index cols, MatVec matvec, RMatVec rmatvec) {
       std::is_invocable_v<const MatVec&, In, Out> && std::is_invocable_v<const RMatVec&, In, Out>,
       "difflsq::make_operator: matvec and rmatvec are called with (Eigen::Ref<const "
       "Vector>&, Eigen::Ref<Vector>&): take (const auto& x, auto& y), or those Ref "
-      "types, not const Eigen::VectorXd& (and mind the Scalar template argument)");
+      "types; an output typed Eigen::VectorXd& cannot bind (and mind the Scalar argument)");
   return CallbackOperator<Scalar, MatVec, RMatVec>(rows, cols, std::move(matvec),
                                                    std::move(rmatvec));
 }
