@@ -115,13 +115,14 @@ def _solve(method, A, b, damp, atol, btol, conlim, maxiter, show, calc_var, x0):
     limit = -1 if maxiter is None else maxiter
     if show or limit == 0:  # the C++ checks, before anything is printed or when no solve runs
         _check_inputs(b_vec, x0_vec, damp, atol, btol, conlim)
+        initial = _initial_residual(A, kind, b_vec, x0_vec, n, dtype)
     if show:
         # SciPy's default limits, as the C++ methods' default_max_iterations.
         shown = limit if limit >= 0 else (min(m, n) if method == "lsmr" else 2 * n)
         _print_header(method, m, n, damp, atol, btol, conlim, shown, calc_var)
-        x, rn, arn = _initial_residual(A, kind, b_vec, x0_vec, n, dtype)
-        # As SciPy: when Aᴴr0 = 0, one line says so and nothing follows; else the column
-        # heads and the line for iteration 0.
+        x, rn, arn = initial
+        # As SciPy: when Aᴴr0 = 0, one line says so and nothing follows (no progress, no
+        # footer); else the column heads and the line for iteration 0.
         show = arn > 0
         if not show:
             print("The exact solution is  x = 0                              " if method == "lsqr"
@@ -129,7 +130,7 @@ def _solve(method, A, b, damp, atol, btol, conlim, maxiter, show, calc_var, x0):
         else:
             _print_line(method, 0, x[0], rn, rn, arn, 1.0, arn / rn ** 2, None, None)
     if limit == 0:
-        result = _zero_iterations(method, A, kind, b_vec, x0_vec, n, dtype)
+        result = _zero_iterations(method, initial, n, dtype)
         if show:
             _print_footer(method, *result[1:9], result[0], np.linalg.norm(b_vec))
         return _shape(method, result)
@@ -195,13 +196,13 @@ def _initial_residual(A, kind, b, x0, n, dtype):
     return x, float(np.linalg.norm(r)), arn
 
 
-def _zero_iterations(method, A, kind, b, x0, n, dtype):
+def _zero_iterations(method, initial, n, dtype):
     """An iteration limit of 0: x = x0 (or 0), no iteration; SciPy's 10-tuple.
 
     SciPy reports istop 0 ("x = 0 is the exact solution") here whatever b is; difflsq reports 7
     (iteration limit) unless r0 = 0 or A^H r0 = 0, so that a non-solution never looks converged.
     """
-    x, rn, arn = _initial_residual(A, kind, b, x0, n, dtype)
+    x, rn, arn = initial  # _initial_residual's (x0 or 0, ‖r0‖, ‖Aᴴr0‖)
     istop = 0 if rn == 0 or arn == 0 else 7
     real = np.zeros(0, dtype=dtype).real.dtype
     if method == "lsqr":  # SciPy's initial estimates; xnorm is ‖x − x0‖
