@@ -13,6 +13,9 @@ Convolution1d), b and damp, compared with a dense NumPy reference:
 x = (AᵀA + λ²I)⁻¹Aᵀb, y = (AᵀA + λ²I)⁻¹w, r = b - Ax, ∂L/∂b = Ay, ∂L/∂A = r yᵀ - (Ay) xᵀ,
 ∂L/∂λ = -2λ<x, y>. Both solve with LSMR, atol = btol = 1e-8, conlim = 1e8 (ctol = 1e-8).
 Times: best of --repeat after one warm-up call (for JAX: the jit compilation), in ms.
+--callable-costs: where the callable convolution's time goes (its products inside a solve and
+alone), difflsq only: PYTHONPATH=build/python /usr/bin/python3 bench/compare_matfree.py
+--callable-costs --repeat 3.
 --threads 1: one thread (torch.set_num_threads(1), OMP_NUM_THREADS=1, XLA_FLAGS, and the worker
 pinned to one CPU); default: each library's own choice. cpu/wall = CPU time / wall time.
 """
@@ -88,9 +91,71 @@ def best_of(fn, repeat):
     return 1e3 * best, cpu / wall, out
 
 
+def torch_convolution(K):
+    """The convolution as a user writes it for difflsq.torch.lstsq: full, A(k) v of length
+    len(v) + K - 1, by torch's conv1d (which correlates: hence the flip)."""
+    import torch.nn.functional as F
+
+    def conv(v, k):
+        return F.conv1d(v.view(1, 1, -1), k.flip(0).view(1, 1, -1), padding=K - 1).view(-1)
+    return conv
+
+
+def callable_costs(repeat):
+    """Where the time of the callable convolution goes (difflsq only, no venv, one thread):
+    the two callbacks the solver calls (A·v by the callable under no_grad, Aᵀu by autograd),
+    timed inside one forward LSMR solve and alone, and torch's conv1d alone."""
+    import torch
+    import difflsq.torch as dt
+    from difflsq import _core
+    torch.set_num_threads(1)
+    p = make_problems()[3]
+    K, m = len(p["A"]), len(p["b"])
+    n = m - K + 1
+    conv, kernel = torch_convolution(K), torch.from_numpy(p["A"])
+    matvec, rmatvec = dt._callbacks(conv, (kernel,), m, n, torch.float64)
+    for _ in range(repeat):
+        spent = {"matvec": 0.0, "rmatvec": 0.0}
+
+        def timed(name, f):
+            def call(w):
+                t = time.perf_counter()
+                out = f(w)
+                spent[name] += time.perf_counter() - t
+                return out
+            return call
+
+        layer = _core.Layer_f64("lsmr", TOL, TOL, 1 / TOL, MAXITER, None, "raise", None)
+        t = time.perf_counter()
+        fwd = layer.forward_callback(m, n, timed("matvec", matvec), timed("rmatvec", rmatvec),
+                                     p["b"], p["damp"])
+        total, itn = time.perf_counter() - t, fwd.report["itn"]
+        rest = total - spent["matvec"] - spent["rmatvec"]
+        print(f"in a solve of {itn} iterations, µs per call: A·v {spent['matvec'] / itn * 1e6:.1f}, "
+              f"Aᵀu {spent['rmatvec'] / itn * 1e6:.1f}, the rest of the iteration {rest / itn * 1e6:.1f}")
+    rng = np.random.default_rng(1)
+    v, u = rng.standard_normal(n), rng.standard_normal(m)
+    vt = torch.from_numpy(v)
+
+    def conv_alone():
+        with torch.no_grad():
+            conv(vt, kernel)
+    for name, f in (("A·v", lambda: matvec(v)), ("Aᵀu", lambda: rmatvec(u)),
+                     ("F.conv1d", conv_alone)):
+        calls = 500
+        best = min(_seconds(f, calls) for _ in range(repeat)) / calls
+        print(f"alone, best of {repeat} x {calls} calls: {name} {best * 1e6:.1f} µs")
+
+
+def _seconds(f, calls):
+    t = time.perf_counter()
+    for _ in range(calls):
+        f()
+    return time.perf_counter() - t
+
+
 def worker_difflsq(probs, repeat, threads):
     import torch
-    import torch.nn.functional as F
     import difflsq.torch as dt
     if threads == "1":
         torch.set_num_threads(1)
@@ -103,11 +168,8 @@ def worker_difflsq(probs, repeat, threads):
                 return dt.lstsq(th, b, d, **kw, **k)
         else:
             K, m = len(p["A"]), len(p["b"])
-
-            def conv(v, k):  # full convolution, A(k) v, length m
-                return F.conv1d(v.view(1, 1, -1), k.flip(0).view(1, 1, -1), padding=K - 1).view(-1)
-
-            op = dt.Convolution1d(m - K + 1, K, "full") if p.get("builtin") else conv
+            op = dt.Convolution1d(m - K + 1, K, "full") if p.get("builtin") else \
+                torch_convolution(K)
 
             def solve(th, b, d, **k):
                 return dt.lstsq(op, b, d, params=(th,), shape=(m, m - K + 1), **kw, **k)
@@ -231,10 +293,14 @@ def main():
                     help="directory holding the built difflsq package")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", choices=["1", "default", "both"], default="both")
+    ap.add_argument("--callable-costs", action="store_true",
+                    help="only time the callable convolution's products (no venv needed)")
     ap.add_argument("--worker", choices=["difflsq", "matfree"], help=argparse.SUPPRESS)
     ap.add_argument("--problems", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.callable_costs:
+        return callable_costs(args.repeat)
     if args.worker is None:
         return driver(args)
     with np.load(args.problems) as z:

@@ -10,6 +10,8 @@
 
 #include <cstdio>
 #include <difflsq/difflsq.hpp>
+#include <limits>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -39,34 +41,53 @@ Eigen::Map<const Vector<Scalar>> as_vector(const PyArray<Scalar>& a, const char*
   return {a.data(), static_cast<Index>(a.shape(0))};
 }
 
-/// SciPy-style progress printing for show=True (through Python's sys.stdout).
+/// SciPy-style progress printing for show=True (through Python's sys.stdout): the lines
+/// lsqr.py / lsmr.py print, chosen by their rules (every iteration when n <= 40, the first and
+/// last ten, every tenth for LSMR only, those near a stopping test and the last), and LSMR's
+/// column heads again after every 20 lines. (CGLS, not in SciPy, follows LSMR.)
 template <class Scalar>
 struct Printer {
   std::string method;
   Index n, max_iterations;
-  double bnorm;
+  double bnorm, atol, btol, ctol;                             // ctol = 1/conlim, or 0
+  std::shared_ptr<Index> lines = std::make_shared<Index>(0);  // since the heads were printed
   MonitorAction operator()(const IterationInfo<Scalar>& it) const {
-    const bool print = n <= 40 || it.iteration <= 10 || it.iteration % 10 == 0 ||
-                       it.iteration >= max_iterations - 10;
-    if (print) {
-      const double r = static_cast<double>(it.r2norm);
-      const double test1 = bnorm > 0 ? r / bnorm : 0;
-      const double denom = static_cast<double>(it.anorm) * r;
-      const double test2 = denom > 0 ? static_cast<double>(it.arnorm) / denom : 0;
-      // lsqr.py's columns (r1norm, r2norm) and spacing, or lsmr.py's (norm r, norm Ar).
-      const bool lsqr = method == "lsqr";
-      char line[160];
-      std::snprintf(line, sizeof line,
-                    lsqr ? "%6lld %12.5e  %10.3e %10.3e   %8.1e %8.1e  %8.1e %8.1e"
-                         : "%6lld %12.5e %10.3e %10.3e  %8.1e %8.1e %8.1e %8.1e",
-                    static_cast<long long>(it.iteration),
-                    it.x.size() ? static_cast<double>(std::real(it.x[0])) : 0.0,
-                    lsqr ? static_cast<double>(it.r1norm) : r,
-                    lsqr ? r : static_cast<double>(it.arnorm), test1, test2,
-                    static_cast<double>(it.anorm), static_cast<double>(it.acond));
-      py::gil_scoped_acquire gil;
-      py::print(line);
+    const bool lsqr = method == "lsqr";
+    const double eps = lsqr ? std::numeric_limits<double>::epsilon() : 0.0;
+    const double r = static_cast<double>(it.r2norm), anorm = static_cast<double>(it.anorm);
+    const double arnorm = static_cast<double>(it.arnorm), acond = static_cast<double>(it.acond);
+    const double xnorm = static_cast<double>(it.xnorm);
+    // The tests of lsqr.py (with its eps guards) and lsmr.py; bnorm > 0 here (b = 0 returns
+    // before the first iteration).
+    const double test1 = r / bnorm;
+    const double denom = anorm * r + eps;
+    const double test2 = denom != 0 ? arnorm / denom : std::numeric_limits<double>::infinity();
+    const double test3 = 1 / (acond + eps);
+    const double t1 = test1 / (1 + anorm * xnorm / bnorm);
+    const double rtol = btol + atol * anorm * xnorm / bnorm;
+    const Index itn = it.iteration;
+    const bool stops = itn >= max_iterations || 1 + test3 <= 1 || 1 + test2 <= 1 || 1 + t1 <= 1 ||
+                       test3 <= ctol || test2 <= atol || test1 <= rtol;
+    const double near_ctol = lsqr ? 2 : 1.1, near = lsqr ? 10 : 1.1;
+    const bool print = n <= 40 || itn <= 10 || itn >= max_iterations - 10 ||
+                       (!lsqr && itn % 10 == 0) || test3 <= near_ctol * ctol ||
+                       test2 <= near * atol || test1 <= near * rtol || stops;
+    if (!print) return MonitorAction::Continue;
+    // lsqr.py's columns (r1norm, r2norm) and spacing, or lsmr.py's (norm r, norm Ar).
+    char line[160];
+    std::snprintf(
+        line, sizeof line,
+        lsqr ? "%6lld %12.5e  %10.3e %10.3e   %8.1e %8.1e  %8.1e %8.1e"
+             : "%6lld %12.5e %10.3e %10.3e  %8.1e %8.1e %8.1e %8.1e",
+        static_cast<long long>(itn), it.x.size() ? static_cast<double>(std::real(it.x[0])) : 0.0,
+        lsqr ? static_cast<double>(it.r1norm) : r, lsqr ? r : arnorm, test1, test2, anorm, acond);
+    py::gil_scoped_acquire gil;
+    if (!lsqr && ++*lines > 20) {  // lsmr.py's pfreq
+      *lines = 1;
+      py::print(" ");
+      py::print("   itn      x(1)       norm r    norm Ar  compatible   LS      norm A   cond A");
     }
+    py::print(line);
     return MonitorAction::Continue;
   }
 };
@@ -93,7 +114,13 @@ py::tuple run(const Op& op, const PyArray<typename Op::Scalar>& b_arr,
     const Index limit = args.maxiter > 0 ? static_cast<Index>(args.maxiter)
                         : args.method == "lsmr" ? std::min(m, n)
                                                 : 2 * n;
-    opts.monitor = Printer<Scalar>{args.method, n, limit, static_cast<double>(b.norm())};
+    opts.monitor = Printer<Scalar>{args.method,
+                                   n,
+                                   limit,
+                                   static_cast<double>(b.norm()),
+                                   args.atol,
+                                   args.btol,
+                                   args.conlim > 0 ? 1 / args.conlim : 0.0};
   }
   Workspace<Scalar> ws;
   Report<Real> rep;
