@@ -1012,3 +1012,48 @@ TEST_CASE("layer: backward solves without an iteration limit get more than min(m
   CHECK(most > 250);  // min(m, n) would have stopped it
   CHECK(rel(g.b, Vec(p.a * (p.a.transpose() * p.a).ldlt().solve(xbar))) < 1e-4);
 }
+
+TEST_CASE("layer: a (G12) solve at its iteration limit falls back to the split") {
+  // Square rank-deficient A, λ = 1e-6, tolerances 1e-8: the one solve with [Aᵀ λI] converges
+  // slowly along λ·N(A) and can reach its iteration limit (2 × the forward's) before test 2 or
+  // conlim fire. That used to be a SolveError, or under Warn / Ignore a wrong gradient and a
+  // wrong ẋ; the split (G5) gets both. Reference: the known SVD, y = V diag(1/(σ² + λ²)) Vᵀg.
+  const double lam = 1e-6;
+  std::mt19937_64 gen(47);
+  for (unsigned seed : {51u, 52u, 53u}) {
+    const KnownSvdProblem<double> p(5, 5, spread(5, 10.0, 2), seed);
+    const Mat da = test::random_matrix<double>(5, 5, gen);
+    const Vec db = test::random_vector<double>(5, gen), xbar = test::random_vector<double>(5, gen);
+    Vec inv = Vec::Zero(5), gain = Vec::Zero(5);  // 1/(σ² + λ²), σ/(σ² + λ²)
+    for (Index i = 0; i < 5; ++i) {
+      inv[i] = 1 / (p.sigma[i] * p.sigma[i] + lam * lam);
+      gain[i] = p.sigma[i] * inv[i];
+    }
+    const Vec x = p.v * gain.asDiagonal() * p.u.transpose() * p.b;
+    const Vec r = p.u * (lam * lam * inv).asDiagonal() * p.u.transpose() * p.b;
+    const Vec y = p.v * inv.asDiagonal() * p.v.transpose() * xbar;
+    const Vec bbar = p.u * gain.asDiagonal() * p.v.transpose() * xbar;
+    const Mat abar = r * y.transpose() - bbar * x.transpose();
+    const Vec g = p.a.transpose() * (db - da * x) + da.transpose() * r;
+    const Vec xdot = p.v * inv.asDiagonal() * p.v.transpose() * g;
+    for (Method method : kMethods) {
+      CAPTURE(seed);
+      CAPTURE(name(method));
+      LeastSquaresOptions<double> o;
+      o.method = method;
+      o.forward = {.atol = 1e-8, .btol = 1e-8};
+      LeastSquares<double> layer(o);  // FailurePolicy::Raise
+      auto op = parameterized(p.a);
+      auto fwd = layer.forward(op, p.b, lam);
+      REQUIRE(fwd.report.converged());
+      const auto grads = layer.backward(fwd, xbar);
+      CHECK(grads.converged());
+      CHECK(rel(a_bar(grads, 5, 5), abar) < 1e-6);
+      CHECK(rel(grads.b, bbar) < 1e-6);
+      const Vec theta_dot = Eigen::Map<const Vec>(da.data(), da.size());
+      const auto t = layer.jvp(fwd, {.theta = theta_dot, .b = db});
+      CHECK(t.converged());
+      CHECK(rel(t.x, xdot) < 1e-6);
+    }
+  }
+}

@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <difflsq/difflsq.hpp>
 #include <new>
@@ -160,6 +161,71 @@ TEST_CASE("an operator producing NaN/Inf stops with Status::NonFinite and the la
     const auto r = solve(method, nan_op, p.b, o);
     CHECK(r.status == Status::NonFinite);
     CHECK(r.x == *o.x0);
+  }
+}
+
+TEST_CASE("norm estimates that overflow end the solve as NonFinite, never as converged") {
+  // ‖A‖ = 1e155: every product is finite, but ‖A‖² (in ‖A‖'s and cond's estimates) is not;
+  // read naively, rtol = ∞ or test2 = 0 would report convergence after one iteration.
+  KnownSvdProblem<double> p(30, 10, spread(10, 10.0), 9);
+  const Eigen::MatrixXd big = p.a * 1e155;
+  const Eigen::MatrixXf big_f = (p.a * 1e20).cast<float>();
+  for (Method method : kMethods) {
+    const std::string method_name = name(method);
+    CAPTURE(method_name);
+    const auto r = solve(method, big, p.b, Options<double>{});
+    const Eigen::VectorXd exact = p.solution(0) / 1e155;
+    CHECK(r.x.allFinite());
+    // CGLS's estimates are not sums of squares of A's scale: it may solve the problem.
+    if (r.converged())
+      CHECK((r.x - exact).norm() <= 1e-4 * exact.norm());
+    else
+      CHECK(r.status == Status::NonFinite);
+    CHECK((method == Method::Cgls || r.status == Status::NonFinite));
+    const auto rf = solve(method, big_f, Eigen::VectorXf(p.b.cast<float>()), Options<float>{});
+    CHECK(rf.x.allFinite());
+    const Eigen::VectorXd exact_f = p.solution(0) / 1e20;
+    if (rf.converged())
+      CHECK((rf.x.cast<double>() - exact_f).norm() <= 1e-3 * exact_f.norm());
+    else
+      CHECK(rf.status == Status::NonFinite);
+  }
+}
+
+TEST_CASE("the stopping tests do not depend on the scale of A and b") {
+  // LSMR's cond(A) estimate (SciPy's starts from the constants 1 and 1e100), and the float
+  // guards of LSQR and CGLS (float's eps added to ‖A‖‖r‖), used to stop small- or large-scale
+  // problems early: istop 3 after one iteration for ‖A‖ = 1e-9, float solves stopped by test 2
+  // at 1e-6. Scaling by powers of two is exact, so a scale-invariant method makes the same
+  // iterations, with x scaled exactly.
+  KnownSvdProblem<double> p(40, 15, spread(15, 100.0), 10);
+  for (Method method : kMethods) {
+    const std::string method_name = name(method);
+    CAPTURE(method_name);
+    const Options<double> opts{.max_iterations = 200};
+    const auto ref = solve(method, p.a, p.b, opts);
+    REQUIRE(ref.converged());
+    for (int e : {-30, -10, 30, 400}) {
+      CAPTURE(e);
+      const double s = std::ldexp(1.0, e);
+      const Eigen::MatrixXd as = p.a * s;
+      const auto r = solve(method, as, p.b, opts);
+      CHECK(r.status == ref.status);
+      CHECK(r.iterations == ref.iterations);
+      CHECK((r.x * s - ref.x).norm() <= 1e-12 * ref.x.norm());
+      CHECK(std::abs(r.acond - ref.acond) <= 1e-12 * ref.acond);
+    }
+    // float: A and b scaled together by 2^-20 (about 1e-6).
+    const Eigen::MatrixXf af = p.a.cast<float>();
+    const Eigen::VectorXf bf = p.b.cast<float>();
+    const Options<float> fopts{.max_iterations = 200};
+    const auto rf = solve(method, af, bf, fopts);
+    const Eigen::MatrixXf af_small = af * std::ldexp(1.0f, -20);
+    const Eigen::VectorXf bf_small = bf * std::ldexp(1.0f, -20);
+    const auto rs = solve(method, af_small, bf_small, fopts);
+    CHECK(rs.status == rf.status);
+    CHECK(rs.iterations == rf.iterations);
+    CHECK((rs.x - rf.x).norm() <= 1e-5f * rf.x.norm());
   }
 }
 

@@ -108,8 +108,10 @@ struct CglsMethod {
       rep.iterations = itn;
 
       const Real test1 = rep.r2norm / p.bnorm;
-      const Real test2 =
-          rep.arnorm / (rep.anorm * rep.r2norm + std::numeric_limits<Real>::epsilon());
+      // As LSMR's (no additive eps: it would not scale with A, and float's would stop a solve
+      // with a small A early).
+      const Real denom = rep.anorm * rep.r2norm;
+      const Real test2 = denom != 0 ? rep.arnorm / denom : std::numeric_limits<Real>::infinity();
       // No cond(A) estimate: test3 = 1 with ctol = 0 never fires.
       const Real xnorm_loop = p.scaling ? loop_xnorm(ws.x, p.scaling) : xnorm;
       rep.status = stopping_test(itn, p.max_iterations, test1, test2, Real(1), rep.anorm,

@@ -531,9 +531,9 @@ class LeastSquares {
   }
 
   /// The dual solution z = (AAᵀ + λ²I)⁺b: r/λ² under strong damping (G11), else for λ > 0 one
-  /// solve with [A λI] (G13), else, or when that solve stops by test 2 or conlim or is swamped
-  /// by rounding, (G9): z_R = (Aᵀ)⁺x by a solve plus the part of r = λ²z outside range(A),
-  /// which that solve cannot see, divided by λ².
+  /// solve with [A λI] (G13), else, or when that solve stops by test 2, conlim or its iteration
+  /// limit, or is swamped by rounding, (G9): z_R = (Aᵀ)⁺x by a solve plus the part of r = λ²z
+  /// outside range(A), which that solve cannot see, divided by λ².
   template <LinearOperator Op>
   const Vector<Scalar>& dual(Forward<Op>& f, std::vector<SolveRecord<Real>>& log) {
     if (f.dual && f.dual_failure) {  // a z kept from a solve that did not converge
@@ -613,8 +613,10 @@ class LeastSquares {
   ///
   /// A stop by test 2 (‖K res‖ ≤ atol‖K‖‖res‖) means that the residual lies along singular
   /// values of K below atol·‖K‖, such as λ along N(A); a stop by conlim means cond(K) ≈ ‖A‖/λ
-  /// is above it. Such a solve is dropped from the log and nothing is returned: the caller
-  /// splits instead (G5).
+  /// is above it; the iteration limit is what the same slow convergence along tiny singular
+  /// values of K comes to when neither test fires first (a square rank-deficient A, λ = 1e-6).
+  /// Such a solve is dropped from the log and nothing is returned: the caller splits instead
+  /// (G5), which finds that part by a subtraction, and reports its own solves' statuses.
   template <LinearOperator Op>
   std::optional<Vector<Scalar>> normal_solve(const char* role, const Op& a,
                                              Eigen::Ref<const Vector<Scalar>> g, Real lam,
@@ -643,6 +645,7 @@ class LeastSquares {
       case Status::LeastSquaresMachine:
       case Status::ConditionLimit:
       case Status::ConditionMachine:
+      case Status::IterationLimit:
         log.pop_back();
         return std::nullopt;
       default:

@@ -48,8 +48,12 @@ struct LsmrMethod {
     h = v;
     hbar.setZero();
     Real betadd = beta, betad = 0, rhodold = 1, tautildeold = 0, thetatilde = 0, zeta = 0, d = 0;
-    Real normA2 = alpha * alpha, maxrbar = 0, minrbar = Real(1e100);
-    if constexpr (std::is_same_v<Real, float>) minrbar = std::numeric_limits<float>::max();
+    // SciPy (and Fong & Saunders' lsmr.m) start maxrbar at ρ̄₀ = 1 and minrbar at 1e100,
+    // constants that do not scale with A: for ‖A‖ = 1e-9 cond(A) is estimated ~1/‖A‖ and a
+    // well-conditioned solve stops by conlim after one iteration; for ‖A‖ > 1e100, likewise.
+    // Here both range over the computed ρ̄'s only, so the estimate is invariant under A → sA.
+    Real normA2 = alpha * alpha, maxrbar = 0;
+    Real minrbar = std::numeric_limits<Real>::infinity();
     rep.anorm = std::sqrt(normA2);
     rep.acond = 1;
     rep.xnorm = 0;
@@ -124,9 +128,11 @@ struct LsmrMethod {
       // ‖A‖ estimate (Frobenius norm of the bidiagonal) and cond(A) [FS11, §3.5].
       normA2 += beta * beta;
       const Real normA = std::sqrt(normA2);
-      normA2 += alpha * alpha;
-      maxrbar = std::max(maxrbar, rhobarold);
-      if (itn > 1) minrbar = std::min(minrbar, rhobarold);
+      normA2 += alpha * alpha;  // overflows beyond ‖A‖ ≈ 1e154 (double): see stopping_test
+      if (itn > 1) {            // ρ̄_{k−1}, from k = 2 on (ρ̄₀ = 1 is no quantity of A)
+        maxrbar = std::max(maxrbar, rhobarold);
+        minrbar = std::min(minrbar, rhobarold);
+      }
       const Real condA = std::max(maxrbar, rhotemp) / std::min(minrbar, rhotemp);
 
       const Real normar = std::abs(zetabar);

@@ -42,7 +42,7 @@ enum class Status : int {
   LeastSquaresMachine = 5,  ///< as 2, with atol = machine precision
   ConditionMachine = 6,     ///< cond(Ā) ≥ 1/machine precision
   IterationLimit = 7,       ///< max_iterations reached without meeting a test
-  NonFinite = 8,            ///< the operator produced Inf/NaN; x is the last finite iterate
+  NonFinite = 8,            ///< Inf/NaN from the operator, or an overflowed estimate; x finite
   StoppedByMonitor = 9,     ///< the monitor callback asked to stop
 };
 
@@ -72,7 +72,8 @@ inline const char* to_string(Status s) {
     case Status::IterationLimit:
       return "the iteration limit has been reached";
     case Status::NonFinite:
-      return "the operator produced a non-finite value (Inf or NaN)";
+      return "a non-finite value (Inf or NaN): from the operator, or a norm estimate that "
+             "overflowed (A or b scaled near the limits of the precision)";
     case Status::StoppedByMonitor:
       return "stopped by the monitor callback";
   }

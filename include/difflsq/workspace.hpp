@@ -228,9 +228,15 @@ bool end_of_iteration(const LoopParams<Scalar>& p, Report<RealOf<Scalar>>& rep,
 
 /// SciPy's stopping tests [PS82 §6; FS11 §3.3], in SciPy's order of precedence. Returns the
 /// status (IterationLimit only when itn reached the limit; ExactSolution means "go on").
+/// Estimates that overflowed (the sums of squares behind ‖A‖, ‖x‖, cond(A) exceed the range
+/// for ‖A‖ or ‖b‖ near 1e154 in double, 1e19 in float) end the solve with NonFinite: SciPy
+/// would read rtol = ∞ or test2 = 0 as convergence.
 template <class Real>
 Status stopping_test(Index itn, Index max_iterations, Real test1, Real test2, Real test3,
                      Real anorm, Real xnorm, Real bnorm, Real atol, Real btol, Real ctol) {
+  if (!std::isfinite(anorm) || !std::isfinite(xnorm) || !std::isfinite(test1) ||
+      std::isnan(test2) || !(test3 > 0))
+    return Status::NonFinite;
   const Real t1 = test1 / (1 + anorm * xnorm / bnorm);
   const Real rtol = btol + atol * anorm * xnorm / bnorm;
   Status s = Status::ExactSolution;

@@ -221,6 +221,52 @@ def test_non_finite_operator_raises_floating_point_error(name):
     assert info.value.result[1] == difflsq.STATUS_NON_FINITE
 
 
+
+@pytest.mark.parametrize("name", ["lsqr", "lsmr"])
+def test_overflowing_norm_estimates_raise_instead_of_converging(name):
+    # ||A|| = 1e155: every product is finite, ||A||^2 is not. SciPy returns NaN with istop 7;
+    # read as rtol = inf it would look converged after one iteration.
+    a, b = problem(30, 10, seed=17)
+    with pytest.raises(difflsq.NonFiniteError, match="overflowed") as info:
+        getattr(difflsq, name)(a * 1e155, b)
+    assert np.all(np.isfinite(info.value.result[0]))
+    with pytest.raises(difflsq.NonFiniteError, match="overflowed"):
+        getattr(difflsq, name)((a * 1e20).astype(np.float32), b.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["lsqr", "lsmr"])
+def test_a_non_finite_A_with_no_iterations_raises(name):
+    a, b = problem(20, 8, seed=18)
+    a[3, 2] = np.nan
+    kw = {"iter_lim" if name == "lsqr" else "maxiter": 0}
+    with pytest.raises(difflsq.NonFiniteError, match="before any iteration"):
+        getattr(difflsq, name)(a, b, **kw)
+
+
+def test_small_scale_float32_lsqr_stops_where_scipy_does():
+    # SciPy's test2 guard is float64's eps for every dtype; float32's would stop this solve early.
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal((100, 30)) * 1e-6).astype(np.float32)
+    b = (rng.standard_normal(100) * 1e-6).astype(np.float32)
+    ref = np.linalg.lstsq(a.astype(np.float64), b.astype(np.float64), rcond=None)[0]
+    x, istop, itn = difflsq.lsqr(a, b)[:3]
+    xs, istop_s, itn_s = sla.lsqr(a, b)[:3]
+    assert istop == istop_s and abs(itn - itn_s) <= 2
+    assert np.linalg.norm(x - ref) <= 2 * np.linalg.norm(xs - ref) + 1e-6 * np.linalg.norm(ref)
+
+
+def test_lsmr_condition_estimate_does_not_depend_on_the_scale_of_A():
+    # SciPy's lsmr starts its cond(A) estimate from the constant 1: at ||A|| = 1e-9 it stops
+    # this well-conditioned problem by conlim after one iteration (istop 3) with a wrong x.
+    a, b = problem(20, 10, seed=19)
+    ref = np.linalg.lstsq(a, b, rcond=None)[0]
+    for s in (1e-9, 1.0, 1e9):
+        x, istop, itn, normr, normar, norma, conda = difflsq.lsmr(a * s, b, atol=1e-10,
+                                                                  btol=1e-10, maxiter=100)[:7]
+        assert istop in (1, 2)
+        assert np.linalg.norm(x * s - ref) <= 1e-8 * np.linalg.norm(ref)
+        assert conda < 100
+
 def test_zero_rhs_and_zero_matrix():
     a, b = problem(20, 8, seed=13)
     x, istop, itn = difflsq.lsqr(a, np.zeros(20))[:3]

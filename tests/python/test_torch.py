@@ -5,6 +5,8 @@ import warnings
 import pytest
 
 torch = pytest.importorskip("torch")
+import torch.autograd.forward_ad as fwAD  # noqa: E402
+
 import difflsq.torch as dt  # noqa: E402
 
 F64 = torch.float64
@@ -415,6 +417,55 @@ def test_failure_policies_forward_and_backward():
     x.sum().backward()
     assert [rec[1] for rec in info["backward"][0]] == [7, 7]
 
+    # The warning names the caller's line, not the layer's (forward and backward).
+    with pytest.warns(dt.SolveWarning) as caught:
+        dt.lstsq(A, b, maxiter=2, on_failure="warn")
+    assert caught[0].filename == __file__
+    Ar.grad = None
+    x = dt.lstsq(Ar, b, **TIGHT, backward_tol=(1e-13, 1e-13, 0, 2), on_failure="warn")
+    with pytest.warns(dt.SolveWarning, match="backward") as caught:
+        x.sum().backward()
+    assert caught[0].filename == __file__
+
+
+def test_square_rank_deficient_tiny_damping_gradients_and_tangents():
+    # The one backward solve (G12) reaches its iteration limit before test 2 or conlim here;
+    # it used to raise (or give a wrong gradient and tangent under "warn"); the layer now
+    # splits (G5). Reference: the SVD, y = V diag(1/(s^2 + lam^2)) V^T g.
+    g = torch.Generator().manual_seed(0)
+    lam = 1e-6
+    for _ in range(3):
+        U, _ = torch.linalg.qr(torch.randn(5, 5, dtype=F64, generator=g))
+        V, _ = torch.linalg.qr(torch.randn(5, 5, dtype=F64, generator=g))
+        S, Vh = torch.tensor([4.0, 2.0, 1.0, 0.0, 0.0], dtype=F64), V.T
+        A = U @ torch.diag(S) @ Vh
+        b, w, Adot = (torch.randn(*shape, dtype=F64, generator=g) for shape in ((5,), (5,), (5, 5)))
+        inv = 1 / (S ** 2 + lam ** 2)
+        x = Vh.T @ (S * inv * (U.T @ b))
+        r = U @ (lam ** 2 * inv * (U.T @ b))
+        y = Vh.T @ (inv * (Vh @ w))
+        bbar = U @ (S * inv * (Vh @ w))
+        xdot = Vh.T @ (inv * (Vh @ (A.T @ (-Adot @ x) + Adot.T @ r)))
+        for method in ("lsmr", "lsqr", "cgls"):
+            Ar, br = A.clone().requires_grad_(), b.clone().requires_grad_()
+            sol = dt.lstsq(Ar, br, lam, method=method, atol=1e-8, btol=1e-8)
+            (sol @ w).backward()
+            ref_a = torch.outer(r, y) - torch.outer(bbar, x)
+            assert torch.linalg.norm(Ar.grad - ref_a) <= 1e-6 * torch.linalg.norm(ref_a)
+            assert torch.linalg.norm(br.grad - bbar) <= 1e-6 * torch.linalg.norm(bbar)
+            with fwAD.dual_level():
+                out = dt.lstsq(fwAD.make_dual(A, Adot), b, lam, method=method, atol=1e-8,
+                               btol=1e-8)
+                tangent = fwAD.unpack_dual(out).tangent
+            assert torch.linalg.norm(tangent - xdot) <= 1e-6 * torch.linalg.norm(xdot)
+
+
+def test_callable_without_right_hand_sides_gives_zero_parameter_gradients():
+    W = torch.randn(6, 4, dtype=F64, requires_grad=True)
+    x = dt.lstsq(lambda v, W: W @ v, torch.zeros(6, 0, dtype=F64), params=(W,), shape=(6, 4))
+    x.sum().backward()
+    assert W.grad is not None and torch.count_nonzero(W.grad) == 0
+
 
 def test_bad_input_and_unsupported_device():
     A = torch.randn(5, 3, dtype=F64)
@@ -436,6 +487,8 @@ def test_bad_input_and_unsupported_device():
         dt.lstsq(A, torch.ones(5, dtype=F64), method="qr")
     with pytest.raises(ValueError, match="on_failure"):
         dt.lstsq(A, torch.ones(5, dtype=F64), on_failure="maybe")
+    with pytest.raises(ValueError, match="backward_tol"):
+        dt.lstsq(A, torch.ones(5, dtype=F64), backward_tol=(1e-8, 1e-8))
 
 
 def test_double_backward_raises_a_clear_error():

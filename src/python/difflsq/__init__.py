@@ -19,6 +19,10 @@ Differences from SciPy, all deliberate:
 * With an iteration limit of 0, istop is 7 (SciPy's 0 would say that x0 solves the problem)
   unless it does, and LSMR's ``normx`` is ‖x0‖ (SciPy leaves 0).
 * An ``np.matrix`` right-hand side is accepted (SciPy raises).
+* Where SciPy's answer depends on the scale of A (docs/solvers.md): norm estimates that overflow
+  (‖A‖ beyond about 1e154 in float64, 1e19 in float32) raise :class:`NonFiniteError` instead of
+  reporting convergence or NaN, and LSMR's cond(A) estimate is invariant under A → sA (SciPy's
+  starts from constants: istop 3 after one iteration for ‖A‖ = 1e-9).
 """
 
 import numpy as np
@@ -34,7 +38,9 @@ STATUS_NON_FINITE = 8
 
 
 class NonFiniteError(FloatingPointError):
-    """The operator produced Inf or NaN during the iteration.
+    """Inf or NaN during the iteration: produced by the operator, or a norm estimate that
+    overflowed (A or b scaled near the limits of the precision, e.g. ‖A‖ ≈ 1e155 in float64),
+    where SciPy would report convergence or NaN.
 
     ``result`` holds the SciPy-style tuple with the last finite iterate.
     """
@@ -123,7 +129,7 @@ def _solve(method, A, b, damp, atol, btol, conlim, maxiter, show, calc_var, x0):
         x, rn, arn = initial
         # As SciPy: when Aᴴr0 = 0, one line says so and nothing follows (no progress, no
         # footer); else the column heads and the line for iteration 0.
-        show = arn > 0
+        show = not arn == 0  # a NaN goes on to the solve, which raises NonFiniteError
         if not show:
             print("The exact solution is  x = 0                              " if method == "lsqr"
                   else "The exact solution is x = 0, or x = x0, if x0 was given  ")
@@ -165,10 +171,18 @@ def _solve(method, A, b, damp, atol, btol, conlim, maxiter, show, calc_var, x0):
                       np.linalg.norm(b_vec))
     result = (x, istop, itn, r1norm, r2norm, anorm, acond, arnorm, xnorm, var)
     if istop == STATUS_NON_FINITE:
-        raise NonFiniteError(
-            f"difflsq.{method}: the operator produced a non-finite value (Inf or NaN) "
-            f"after {itn} iterations", _shape(method, result))
+        _raise_non_finite(method, itn, (r2norm, anorm, acond, xnorm), _shape(method, result))
     return _shape(method, result)
+
+
+def _raise_non_finite(method, itn, estimates, result):
+    if all(np.isfinite(estimates)):
+        what = "the operator produced a non-finite value (Inf or NaN)"
+    else:
+        what = ("a norm estimate overflowed (‖r‖, ‖A‖, cond(A), ‖x‖ = " +
+                ", ".join(f"{e:.3g}" for e in estimates) +
+                "): A or b is scaled near the limits of the precision; rescale them")
+    raise NonFiniteError(f"difflsq.{method}: {what} after {itn} iterations", result)
 
 
 def _check_inputs(b, x0, damp, atol, btol, conlim):
@@ -203,6 +217,11 @@ def _zero_iterations(method, initial, n, dtype):
     (iteration limit) unless r0 = 0 or A^H r0 = 0, so that a non-solution never looks converged.
     """
     x, rn, arn = initial  # _initial_residual's (x0 or 0, ‖r0‖, ‖Aᴴr0‖)
+    if not (np.isfinite(rn) and np.isfinite(arn)):  # A (times 0 or x0) is not finite
+        raise NonFiniteError(f"difflsq.{method}: the operator produced a non-finite value (Inf "
+                             f"or NaN) in b - A x0 or A^H (b - A x0), before any iteration",
+                             _shape(method, (x, STATUS_NON_FINITE, 0, rn, rn, 0.0, 0.0, arn, 0.0,
+                                             np.zeros(n, np.zeros(0, dtype).real.dtype))))
     istop = 0 if rn == 0 or arn == 0 else 7
     real = np.zeros(0, dtype=dtype).real.dtype
     if method == "lsqr":  # SciPy's initial estimates; xnorm is ‖x − x0‖
@@ -229,7 +248,7 @@ _MESSAGES = (
     "The least-squares solution is good enough for this machine",
     "Cond(Abar) seems to be too large for this machine         ",
     "The iteration limit has been reached                      ",
-    "The operator produced a non-finite value (Inf or NaN)     ",
+    "A non-finite value (Inf or NaN) from the operator or norms",
     "Stopped by the monitor                                    ",
 )
 

@@ -17,6 +17,8 @@ damp stays real; complex gradients in PyTorch's convention, dL/dRe z + i dL/dIm 
 """
 
 import math
+import os
+import sys
 import warnings
 
 import numpy as np
@@ -150,6 +152,9 @@ class _Lstsq(torch.autograd.Function):
             grad_params = [(torch.zeros_like(params[0]) if kbar is None else kbar.to(dtype))]
         elif want and terms:
             grad_params = _parameter_gradients(cfg["op"], params, want, terms, dtype)
+        elif want:  # no right-hand side (k = 0): zero gradients, as for a matrix A
+            grad_params = [torch.zeros_like(p) if i in want and torch.is_tensor(p) else None
+                           for i, p in enumerate(params)]
         return (None, grad_A, grad_b if needs[2] else None, grad_damp_t, *grad_params)
 
     @staticmethod
@@ -226,6 +231,17 @@ class _NoReverse(torch.autograd.Function):
         raise RuntimeError("difflsq.torch.lstsq does not support reverse mode through its "
                            "forward-mode tangents (differentiating a tangent); the tangents "
                            "themselves are exact")
+
+
+def _caller_level():
+    """The stacklevel of warnings.warn, called by the caller of this function, that names the
+    first frame outside difflsq and torch: the user's call of lstsq or of backward()."""
+    inside = (os.path.dirname(os.path.abspath(__file__)),
+              os.path.dirname(os.path.abspath(torch.__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _graph_leaves(y):
@@ -325,8 +341,9 @@ def _check_linear(matvec, rmatvec, out0, m, n, dtype):
     lhs, rhs = np.vdot(u, av), np.vdot(atu, v)  # ⟨u, A v⟩ and ⟨Aᴴu, v⟩
     scale = np.linalg.norm(u) * np.linalg.norm(av) + np.linalg.norm(atu) * np.linalg.norm(v)
     if not abs(lhs - rhs) <= 10 * np.sqrt(np.finfo(np_dtype).eps) * scale:
+        show = complex if dtype.is_complex else float
         raise ValueError(f"difflsq.torch: A(v, *params) must be linear in v, but the dot test "
-                         f"fails: <u, A v> = {complex(lhs):.6g}, <A^H u, v> = {complex(rhs):.6g} "
+                         f"fails: <u, A v> = {show(lhs):.6g}, <A^H u, v> = {show(rhs):.6g} "
                          f"for random u, v (A^H u by autograd at v = 0)")
 
 
@@ -515,13 +532,16 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
         raise ValueError("difflsq.torch: params are only used with a callable A")
 
     def warn(msg):
-        warnings.warn(msg, SolveWarning, stacklevel=3)
+        warnings.warn(msg, SolveWarning, stacklevel=_caller_level())
 
     limit = 0 if maxiter is None else int(maxiter)  # 0: the layer's default
     if maxiter is not None and limit < 1:
         raise ValueError(f"difflsq.torch: maxiter must be >= 1 or None, got {maxiter}")
     btuple = None
     if backward_tol is not None:
+        if len(backward_tol) != 4:
+            raise ValueError(f"difflsq.torch: backward_tol must be (atol, btol, conlim, maxiter), "
+                             f"got {backward_tol!r}")
         ba, bb, bc, bk = backward_tol
         btuple = (float(ba), float(bb), float(bc), 0 if bk is None else int(bk))
     layer = getattr(_core, "Layer_" + _SUFFIX[dtype])(method, float(atol), float(btol),
