@@ -210,6 +210,12 @@ TEST_CASE("the stopping tests do not depend on the scale of A and b") {
       const double s = std::ldexp(1.0, e);
       const Eigen::MatrixXd as = p.a * s;
       const auto r = solve(method, as, p.b, opts);
+      if (method == Method::Cgls && e == 400) {
+        // CGLS's recurrences hold ‖A‖⁴-sized numbers (‖A p‖² with p = Aᴴr): beyond ‖A‖ ≈
+        // 1e77 they overflow, which it reports instead of solving.
+        CHECK(r.status == Status::NonFinite);
+        continue;
+      }
       CHECK(r.status == ref.status);
       CHECK(r.iterations == ref.iterations);
       CHECK((r.x * s - ref.x).norm() <= 1e-12 * ref.x.norm());
