@@ -164,40 +164,45 @@ TEST_CASE("an operator producing NaN/Inf stops with Status::NonFinite and the la
   }
 }
 
-TEST_CASE("norm estimates that overflow end the solve as NonFinite, never as converged") {
-  // ‖A‖ = 1e155: every product is finite, but ‖A‖² (in ‖A‖'s and cond's estimates) is not;
-  // read naively, rtol = ∞ or test2 = 0 would report convergence after one iteration.
+TEST_CASE("extreme scales of A: a correct x, or a status that says it is not") {
+  // Where SciPy's recurrences over- or underflow although every product is finite: ‖A‖ = 1e155
+  // (‖A‖² = ∞: rtol = ∞ or test2 = 0, "converged" after one iteration), ‖A‖ = 1e-100 (lsqr.py's
+  // test2 guard +eps: stopped at once with a wrong x), ‖A‖ = 1e-170 (‖Aᴴb‖² = 0: "x = 0 is the
+  // exact solution"). LSQR and LSMR keep norms by hypot and solve the middle range; CGLS's
+  // squares cover less; whatever a method cannot solve, it must not report converged.
   KnownSvdProblem<double> p(30, 10, spread(10, 10.0), 9);
-  const Eigen::MatrixXd big = p.a * 1e155;
-  const Eigen::MatrixXf big_f = (p.a * 1e20).cast<float>();
-  for (Method method : kMethods) {
-    const std::string method_name = name(method);
-    CAPTURE(method_name);
-    const auto r = solve(method, big, p.b, Options<double>{});
-    const Eigen::VectorXd exact = p.solution(0) / 1e155;
-    CHECK(r.x.allFinite());
-    // CGLS's estimates are not sums of squares of A's scale: it may solve the problem.
-    if (r.converged())
-      CHECK((r.x - exact).norm() <= 1e-4 * exact.norm());
-    else
-      CHECK(r.status == Status::NonFinite);
-    CHECK((method == Method::Cgls || r.status == Status::NonFinite));
-    const auto rf = solve(method, big_f, Eigen::VectorXf(p.b.cast<float>()), Options<float>{});
-    CHECK(rf.x.allFinite());
-    const Eigen::VectorXd exact_f = p.solution(0) / 1e20;
-    if (rf.converged())
-      CHECK((rf.x.cast<double>() - exact_f).norm() <= 1e-3 * exact_f.norm());
-    else
-      CHECK(rf.status == Status::NonFinite);
-  }
+  auto check = [&](auto scalar, double scale, double accuracy, bool must_solve) {
+    using Real = decltype(scalar);
+    const Eigen::Matrix<Real, -1, -1> a = (p.a * scale).template cast<Real>();
+    const Eigen::Matrix<Real, -1, 1> b = p.b.template cast<Real>();
+    const Eigen::VectorXd exact = p.solution(0) / scale;
+    for (Method method : kMethods) {
+      const std::string method_name = name(method);
+      CAPTURE(method_name);
+      CAPTURE(scale);
+      const auto r = solve(method, a, b, Options<Real>{.max_iterations = 200});
+      CHECK(r.x.allFinite());
+      if (r.converged())
+        CHECK((r.x.template cast<double>() - exact).norm() <= accuracy * exact.norm());
+      if (must_solve && method != Method::Cgls) CHECK(r.converged());
+    }
+  };
+  for (double scale : {1e-100, 1e100, 1e155, 1e200}) check(0.0, scale, 1e-6, true);
+  check(0.0, 1e-170, 1e-6, false);
+  for (double scale : {1e-20, 1e18, 1e21}) check(0.0f, scale, 1e-3, true);
+  check(0.0f, 1e-25, 1e-3, false);
+  // CGLS outside its range (‖A‖⁴ overflows): NonFinite, not a false exact solution.
+  const Eigen::MatrixXd big = p.a * 1e100, tiny = p.a * 1e-100;
+  CHECK(solve(Method::Cgls, big, p.b, Options<double>{}).status == Status::NonFinite);
+  CHECK(solve(Method::Cgls, tiny, p.b, Options<double>{}).status == Status::NonFinite);
 }
 
 TEST_CASE("the stopping tests do not depend on the scale of A and b") {
-  // LSMR's cond(A) estimate (SciPy's starts from the constants 1 and 1e100), and the float
-  // guards of LSQR and CGLS (float's eps added to ‖A‖‖r‖), used to stop small- or large-scale
-  // problems early: istop 3 after one iteration for ‖A‖ = 1e-9, float solves stopped by test 2
-  // at 1e-6. Scaling by powers of two is exact, so a scale-invariant method makes the same
-  // iterations, with x scaled exactly.
+  // LSMR's cond(A) estimate (SciPy's starts from the constants 1 and 1e100), and the eps added
+  // to ‖A‖‖r‖ in the test2 of LSQR and CGLS, used to stop small- or large-scale problems early:
+  // istop 3 after one iteration for ‖A‖ = 1e-9, float solves stopped by test 2 at 1e-6. Scaling by
+  // powers of two is exact, so a scale-invariant method makes the same iterations, with x scaled
+  // exactly.
   KnownSvdProblem<double> p(40, 15, spread(15, 100.0), 10);
   for (Method method : kMethods) {
     const std::string method_name = name(method);

@@ -50,7 +50,10 @@ struct CglsMethod {
     Real gamma = s.squaredNorm();
     rep.r1norm = rep.r2norm = rnorm;
     rep.arnorm = std::sqrt(gamma);
-    if (!std::isfinite(gamma)) {
+    // CGLS works with squares of ‖A‖'s scale (‖Aᴴr‖², ‖Ap‖²): they over- or underflow for
+    // ‖A‖ beyond about 1e±77 (double). A square that is 0 while its vector is not is reported
+    // like an overflow, not read as an exact solution.
+    if (!std::isfinite(gamma) || (gamma == 0 && !s.isZero(0))) {
       rep.status = Status::NonFinite;
       return;
     }
@@ -75,7 +78,7 @@ struct CglsMethod {
         break;
       }
       if (delta == 0) {  // A p = 0 and damp = 0: s ⟂ range(Aᴴ) cannot happen unless s = 0
-        rep.status = Status::ExactSolution;
+        rep.status = q.isZero(0) ? Status::ExactSolution : Status::NonFinite;  // else underflow
         break;
       }
       anorm = std::max(anorm, std::sqrt(qq / pp));
@@ -86,7 +89,7 @@ struct CglsMethod {
       ++rep.rmatvecs;
       if (dampsq > 0) s -= dampsq * dx;
       const Real gamma_new = s.squaredNorm();
-      if (!std::isfinite(gamma_new)) {
+      if (!std::isfinite(gamma_new) || (gamma_new == 0 && !s.isZero(0))) {
         // Undo the step: x and Δx go back to the last finite iterate.
         add_to_x(ws.x, -alpha, pdir, p.scaling);
         rep.status = Status::NonFinite;

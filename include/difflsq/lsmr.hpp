@@ -52,9 +52,9 @@ struct LsmrMethod {
     // constants that do not scale with A: for ‖A‖ = 1e-9 cond(A) is estimated ~1/‖A‖ and a
     // well-conditioned solve stops by conlim after one iteration; for ‖A‖ > 1e100, likewise.
     // Here both range over the computed ρ̄'s only, so the estimate is invariant under A → sA.
-    Real normA2 = alpha * alpha, maxrbar = 0;
+    Real normA_sum = alpha, maxrbar = 0;  // √(α₁² + β₂² + α₂² + …) [FS11 §3.5], by hypot
     Real minrbar = std::numeric_limits<Real>::infinity();
-    rep.anorm = std::sqrt(normA2);
+    rep.anorm = alpha;
     rep.acond = 1;
     rep.xnorm = 0;
     rep.r1norm = rep.r2norm = beta;
@@ -99,8 +99,10 @@ struct LsmrMethod {
       zetabar = -sbar * zetabar;
 
       // h̄, x, h updates [FS11, (3.3)].
-      const Real hbar_coef = -(thetabar * rho / (rhoold * rhobarold));
-      const Real x_coef = zeta / (rho * rhobar);
+      // As ratios of like-scaled quantities (SciPy multiplies first: the products of two
+      // ‖A‖-sized numbers over- or underflow for ‖A‖ beyond 1e±154).
+      const Real hbar_coef = -((thetabar / rhoold) * (rho / rhobarold));
+      const Real x_coef = (zeta / rho) / rhobar;
       const Real h_coef = -(thetanew / rho);
       if (!std::isfinite(hbar_coef) || !std::isfinite(x_coef) || !std::isfinite(h_coef)) {
         rep.status = Status::NonFinite;
@@ -126,9 +128,8 @@ struct LsmrMethod {
       const Real normr = std::sqrt(d + (betad - taud) * (betad - taud) + betadd * betadd);
 
       // ‖A‖ estimate (Frobenius norm of the bidiagonal) and cond(A) [FS11, §3.5].
-      normA2 += beta * beta;
-      const Real normA = std::sqrt(normA2);
-      normA2 += alpha * alpha;  // overflows beyond ‖A‖ ≈ 1e154 (double): see stopping_test
+      const Real normA = std::hypot(normA_sum, beta);
+      normA_sum = std::hypot(normA, alpha);
       if (itn > 1) {            // ρ̄_{k−1}, from k = 2 on (ρ̄₀ = 1 is no quantity of A)
         maxrbar = std::max(maxrbar, rhobarold);
         minrbar = std::min(minrbar, rhobarold);

@@ -29,9 +29,6 @@ struct LsqrMethod {
                   Report<RealOf<typename Op::Scalar>>& rep) {
     using Scalar = typename Op::Scalar;
     using Real = RealOf<Scalar>;
-    // lsqr.py's guards in test2 and test3 use float64's eps for every input precision; float's
-    // (1.2e-7) would dominate anorm·rnorm for a small A and stop the solve early.
-    constexpr Real eps = static_cast<Real>(std::numeric_limits<double>::epsilon());
     auto& v = ws.v;
     auto& w = ws.w1;
 
@@ -44,9 +41,10 @@ struct LsqrMethod {
     }
     Real alpha = gk.alpha, beta = gk.beta;
     w = v;
-    const Real dampsq = p.damp * p.damp;
     Real rhobar = alpha, phibar = beta;  // [PS82, (4.12)] initial values
-    Real anorm = 0, acond = 0, ddnorm = 0, res2 = 0, xnorm = 0, xxnorm = 0, z = 0;
+    // dd = √Σ‖d_k‖² and xxn = √Σz_k², kept as norms by hypot rather than as SciPy's sums of
+    // squares (ddnorm, xxnorm), which over- or underflow for ‖A‖ beyond 1e±154.
+    Real anorm = 0, acond = 0, dd = 0, res2 = 0, xnorm = 0, xxn = 0, z = 0;
     Real cs2 = -1, sn2 = 0;
     Real rnorm = beta;
     rep.r1norm = rep.r2norm = rnorm;
@@ -62,7 +60,9 @@ struct LsqrMethod {
       // Bidiagonalization step [PS82, (3.4)]: βu = A v − αu, then αv = Aᴴu − βv.
       const Real alpha_k = alpha;
       gk.step(alpha, beta);
-      if (beta > 0) anorm = std::sqrt(anorm * anorm + alpha_k * alpha_k + beta * beta + dampsq);
+      // ‖Ā‖_F estimate √(‖Ā‖² + α² + β² + λ²) [PS82 §5.1], by hypot: no over- or underflow of
+      // the squares for ‖A‖ beyond 1e±154.
+      if (beta > 0) anorm = std::hypot(std::hypot(anorm, alpha_k), std::hypot(beta, p.damp));
       if (!gk.finite) {
         rep.status = Status::NonFinite;  // x still holds the previous, finite iterate
         --itn;
@@ -71,7 +71,7 @@ struct LsqrMethod {
       // Eliminate the damping parameter [PS82, §4.4 / SciPy]: rotate (ρ̄, damp) → ρ̄₁.
       Real rhobar1 = rhobar, psi = 0;
       if (p.damp > 0) {
-        rhobar1 = std::sqrt(rhobar * rhobar + dampsq);
+        rhobar1 = std::hypot(rhobar, p.damp);
         const Real cs1 = rhobar / rhobar1, sn1 = p.damp / rhobar1;
         psi = sn1 * phibar;
         phibar = cs1 * phibar;
@@ -99,26 +99,26 @@ struct LsqrMethod {
           ws.var += (w.cwiseAbs() / rho).cwiseAbs2();
       }
       // ‖d_k‖² for cond(Ā) [PS82, §5.3]; x += t1·w; w = v + t2·w, in one pass.
-      ddnorm += lsqr_update(ws.x, w, v, t1, t2, p.scaling) / (rho * rho);
+      dd = std::hypot(dd, std::sqrt(lsqr_update(ws.x, w, v, t1, t2, p.scaling)) / rho);
 
       // ‖x‖ estimate via a second rotation on the lower bidiagonal [PS82, §5.2].
       const Real delta = sn2 * rho, gambar = -cs2 * rho;
       const Real rhs = phi - delta * z;
       const Real zbar = rhs / gambar;
-      xnorm = std::sqrt(xxnorm + zbar * zbar);
-      const Real gamma = std::sqrt(gambar * gambar + theta * theta);
+      xnorm = std::hypot(xxn, zbar);
+      const Real gamma = std::hypot(gambar, theta);
       cs2 = gambar / gamma;
       sn2 = theta / gamma;
       z = rhs / gamma;
-      xxnorm += z * z;
+      xxn = std::hypot(xxn, z);
 
       // Norm estimates [PS82, §5.1–5.3].
-      acond = anorm * std::sqrt(ddnorm);
+      acond = anorm * dd;
       res2 += psi * psi;
       rnorm = std::sqrt(phibar * phibar + res2);
       rep.arnorm = alpha * std::abs(tau);
       if (p.damp > 0) {
-        const Real r1sq = rnorm * rnorm - dampsq * xxnorm;
+        const Real r1sq = rnorm * rnorm - (p.damp * xxn) * (p.damp * xxn);
         rep.r1norm = std::copysign(std::sqrt(std::abs(r1sq)), r1sq);  // SciPy's signed r1norm
       } else {
         rep.r1norm = rnorm;
@@ -130,8 +130,12 @@ struct LsqrMethod {
       rep.iterations = itn;
 
       const Real test1 = rnorm / p.bnorm;
-      const Real test2 = rep.arnorm / (anorm * rnorm + eps);
-      const Real test3 = 1 / (acond + eps);
+      // lsqr.py adds eps to the denominators of test2 and test3 against a division by zero;
+      // for ‖A‖‖r̄‖ below ~1e-14 (a small A, float data in small units) it dominates and test2
+      // stops the solve early with a wrong x. As LSMR: no eps, infinity for a zero denominator.
+      const Real denom = anorm * rnorm;
+      const Real test2 = denom != 0 ? rep.arnorm / denom : std::numeric_limits<Real>::infinity();
+      const Real test3 = 1 / acond;
       rep.status = stopping_test(itn, p.max_iterations, test1, test2, test3, anorm, xnorm, p.bnorm,
                                  p.atol, p.btol, p.ctol);
       if (end_of_iteration(p, rep,

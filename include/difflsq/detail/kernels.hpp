@@ -12,21 +12,31 @@
 
 namespace difflsq::detail {
 
-/// ‖v‖₂, robust to overflow: the plain norm, and Eigen's scaled stableNorm only when the plain one
-/// overflowed although every entry is finite. Non-finite entries give a non-finite result.
+/// Whether a norm computed as √(Σ|v_i|²) may be wrong by over- or underflow of the squares:
+/// not finite, or below √(smallest normal) (1.5e-154 in double), where the squares are
+/// subnormal or zero (a vector of entries 1e-170 would get norm 0). 0 included: v = 0 is
+/// rare and then costs one more pass.
+template <class Real>
+bool squares_out_of_range(Real s) {
+  return !(std::isfinite(s) && s >= std::sqrt(std::numeric_limits<Real>::min()));
+}
+
+/// ‖v‖₂, robust to over- and underflow: the plain norm, and Eigen's scaled stableNorm only when
+/// the plain one is out of range although every entry is finite. Non-finite entries give a
+/// non-finite result.
 template <class V>
 auto norm2(const V& v) {
   auto s = v.norm();
-  if (!std::isfinite(s) && v.allFinite()) s = v.stableNorm();
+  if (squares_out_of_range(s) && v.allFinite()) s = v.stableNorm();
   return s;
 }
 
-/// ‖v‖ from a fused sum of squares: its square root, unless that overflowed while v is finite
-/// (entries above ~1e154 in double), then the scaled norm.
+/// ‖v‖ from a fused sum of squares: its square root, unless that is out of range (or 0) while
+/// v is finite (entries above ~1e154 or below ~1e-154 in double), then the scaled norm.
 template <class Real, class V>
 Real norm_from_squares(Real sum_of_squares, const V& v) {
   Real s = std::sqrt(sum_of_squares);
-  if (!std::isfinite(s) && v.allFinite()) s = v.stableNorm();
+  if (squares_out_of_range(s) && v.allFinite()) s = v.stableNorm();
   return s;
 }
 

@@ -19,10 +19,12 @@ Differences from SciPy, all deliberate:
 * With an iteration limit of 0, istop is 7 (SciPy's 0 would say that x0 solves the problem)
   unless it does, and LSMR's ``normx`` is ‖x0‖ (SciPy leaves 0).
 * An ``np.matrix`` right-hand side is accepted (SciPy raises).
-* Where SciPy's answer depends on the scale of A (docs/solvers.md): norm estimates that overflow
-  (‖A‖ beyond about 1e154 in float64, 1e19 in float32) raise :class:`NonFiniteError` instead of
-  reporting convergence or NaN, and LSMR's cond(A) estimate is invariant under A → sA (SciPy's
-  starts from constants: istop 3 after one iteration for ‖A‖ = 1e-9).
+* Where SciPy's answer depends on the scale of A (docs/solvers.md): LSQR and LSMR keep their
+  norm estimates by hypot, not as sums of squares, and solve A·s as they solve A for s from
+  1e-100 to 1e200 (float64) where SciPy reports a false convergence or NaN beyond ‖A‖ ≈ 1e154;
+  LSQR's test2 has no ``+ eps`` (which stops SciPy early for ‖A‖‖r‖ < 1e-14); LSMR's cond(A)
+  estimate is invariant under A → sA (SciPy's starts from constants: istop 3 after one
+  iteration for ‖A‖ = 1e-9). A recurrence that still overflows raises :class:`NonFiniteError`.
 """
 
 import numpy as np
@@ -176,13 +178,14 @@ def _solve(method, A, b, damp, atol, btol, conlim, maxiter, show, calc_var, x0):
 
 
 def _raise_non_finite(method, itn, estimates, result):
-    if all(np.isfinite(estimates)):
-        what = "the operator produced a non-finite value (Inf or NaN)"
-    else:
-        what = ("a norm estimate overflowed (‖r‖, ‖A‖, cond(A), ‖x‖ = " +
-                ", ".join(f"{e:.3g}" for e in estimates) +
-                "): A or b is scaled near the limits of the precision; rescale them")
-    raise NonFiniteError(f"difflsq.{method}: {what} after {itn} iterations", result)
+    # The C++ loop stops at the first Inf/NaN, from the operator's products or from its own
+    # recurrences; the estimates at that point help tell which.
+    rnorm, anorm, acond, xnorm = estimates
+    raise NonFiniteError(
+        f"difflsq.{method}: a non-finite value (Inf or NaN) after {itn} iterations: the operator "
+        f"produced one, or the recurrences overflowed because A or b is scaled near the limits "
+        f"of the precision (then rescale them); estimates so far: |r| = {rnorm:.3g}, "
+        f"|A| = {anorm:.3g}, cond(A) = {acond:.3g}, |x| = {xnorm:.3g}", result)
 
 
 def _check_inputs(b, x0, damp, atol, btol, conlim):
