@@ -228,9 +228,9 @@ bool end_of_iteration(const LoopParams<Scalar>& p, Report<RealOf<Scalar>>& rep,
 
 /// SciPy's stopping tests [PS82 §6; FS11 §3.3], in SciPy's order of precedence. Returns the
 /// status (IterationLimit only when itn reached the limit; ExactSolution means "go on").
-/// Estimates that overflowed (the sums of squares behind ‖A‖, ‖x‖, cond(A) exceed the range
-/// for ‖A‖ or ‖b‖ near 1e154 in double, 1e19 in float) end the solve with NonFinite: SciPy
-/// would read rtol = ∞ or test2 = 0 as convergence.
+/// Estimates that are not finite (a recurrence left the range of the precision, for an A or b
+/// scaled far beyond what hypot and the scaled norms absorb: docs/solvers.md) end the solve
+/// with NonFinite: read as numbers, rtol = ∞ or test2 = 0 would look like convergence.
 template <class Real>
 Status stopping_test(Index itn, Index max_iterations, Real test1, Real test2, Real test3,
                      Real anorm, Real xnorm, Real bnorm, Real atol, Real btol, Real ctol) {
