@@ -2,8 +2,10 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <difflsq/difflsq.hpp>
+#include <limits>
 #include <string>
 #include <tuple>
 
@@ -72,6 +74,69 @@ static_assert(!takes_adjoint<Eigen::MatrixXd>);
 static_assert(!takes_adjoint<Eigen::Map<const Eigen::MatrixXd>>);
 static_assert(takes_adjoint<const Eigen::MatrixXd&>);
 static_assert(takes_adjoint<difflsq::OperatorOf<Eigen::MatrixXd>>);
+
+TEST_CASE("check_adjoint fails on a non-finite product in any trial, and needs a trial") {
+  int calls = 0;
+  auto nan_once = make_operator(
+      4, 3,
+      [&](const auto& x, auto& y) {
+        y.setZero();
+        y.head(3) = x;
+        if (++calls == 1) y[0] = std::numeric_limits<double>::quiet_NaN();  // first trial only
+      },
+      [](const auto& u, auto& v) { v = u.head(3); });
+  const auto r = check_adjoint(nan_once);
+  CHECK(!r.passed);
+  CHECK(std::isnan(r.relative_error));
+  auto all_nan = make_operator(
+      3, 2, [](const auto&, auto& y) { y.setConstant(std::nan("")); },
+      [](const auto&, auto& v) { v.setConstant(std::nan("")); });
+  CHECK(!check_adjoint(all_nan).passed);
+  CHECK_THROWS_AS(check_adjoint(all_nan, 0), std::invalid_argument);
+}
+
+#ifdef _OPENMP
+#include <omp.h>
+
+TEST_CASE("CompressedOperator computes every row when OpenMP gives a smaller team than asked") {
+  // An operator built for two threads, used where a parallel region gets one (nested here;
+  // also OMP_THREAD_LIMIT=1 or OMP_DYNAMIC on a loaded machine): each thread must take the
+  // partitions of the missing ones (they were skipped: wrong products, wrong solutions).
+  std::mt19937_64 gen(8);
+  const Eigen::SparseMatrix<double, Eigen::RowMajor> csr = random_csr<double>(400, 200, 0.05, gen);
+  const Eigen::SparseMatrix<double, Eigen::ColMajor> csc = csr;
+  const Eigen::VectorXd x = random_vector<double>(200, gen), u = random_vector<double>(400, gen);
+  for (int layout = 0; layout < 3; ++layout) {  // compressed, + transposed index, sliced
+    CAPTURE(layout);
+    const SparseOptions o{.threads = 2, .transposed_index = layout > 0, .sliced = layout == 2};
+    const CompressedOperator row(csr, o);
+    const CompressedOperator col(csc, o);
+    if (row.threads() < 2) continue;  // a one-core machine: nothing to test
+    double worst = 0;
+    const int levels = omp_get_max_active_levels();
+    omp_set_max_active_levels(1);  // the operator's regions, nested, get one thread each
+#pragma omp parallel num_threads(2)
+#pragma omp single
+    {
+      Eigen::VectorXd y(400), v(200), w(200), uu = u;
+      row.apply(x, y);
+      row.apply_adjoint(u, v);
+      worst = std::max(
+          {worst, (y - csr * x).norm() / y.norm(), (v - csr.transpose() * u).norm() / v.norm()});
+      row.apply_sub_norm2_adjoint(x, uu, 0.5, w);
+      const Eigen::VectorXd ref_u = csr * x - 0.5 * u;
+      worst = std::max({worst, (uu - ref_u).norm() / ref_u.norm(),
+                        (w - csr.transpose() * ref_u).norm() / w.norm()});
+      col.apply(x, y);
+      col.apply_adjoint(u, v);
+      worst = std::max(
+          {worst, (y - csc * x).norm() / y.norm(), (v - csc.transpose() * u).norm() / v.norm()});
+    }
+    omp_set_max_active_levels(levels);
+    CHECK(worst <= 1e-13);
+  }
+}
+#endif
 
 TEST_CASE("the adjoint view swaps shapes and products; solving with it solves A^H") {
   std::mt19937_64 gen(2);

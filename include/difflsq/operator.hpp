@@ -325,7 +325,8 @@ struct AdjointCheck {
 };
 
 /// The dot test: for random x and y, ⟨A x, y⟩ = ⟨x, Aᴴ y⟩ must hold to rounding. Passing is
-/// judged against `tolerance` (default: 100·ε·sqrt(m + n) of the scalar's precision).
+/// judged against `tolerance` (default: 100·ε·sqrt(m + n) of the scalar's precision); a
+/// non-finite product in any trial fails (relative_error NaN). trials must be ≥ 1.
 template <class A>
 AdjointCheck check_adjoint(const A& a, int trials = 3, double tolerance = -1,
                            unsigned seed = 20251025u) {
@@ -333,6 +334,9 @@ AdjointCheck check_adjoint(const A& a, int trials = 3, double tolerance = -1,
   using Scalar = ScalarOf<A>;
   using Real = RealOf<Scalar>;
   const Index m = op.rows(), n = op.cols();
+  if (trials < 1)
+    throw std::invalid_argument("difflsq::check_adjoint: trials must be >= 1, got " +
+                                std::to_string(trials));
   if (tolerance < 0)
     tolerance = 100.0 * static_cast<double>(std::numeric_limits<Real>::epsilon()) *
                 std::sqrt(static_cast<double>(m + n) + 1.0);
@@ -357,7 +361,9 @@ AdjointCheck check_adjoint(const A& a, int trials = 3, double tolerance = -1,
     const double lhs_scale = static_cast<double>(ax.norm() * y.norm() + x.norm() * ahy.norm());
     const double diff = static_cast<double>(std::abs(y.dot(ax) - ahy.dot(x)));  // ⟨Ax,y⟩ − ⟨x,Aᴴy⟩
     const double rel = lhs_scale > 0 ? diff / lhs_scale : diff;
-    out.relative_error = std::max(out.relative_error, rel);
+    // NaN sticks (std::max would drop it): a product that is not finite fails the test.
+    if (!(rel <= out.relative_error)) out.relative_error = rel;
+    if (std::isnan(rel)) break;
   }
   out.passed = std::isfinite(out.relative_error) && out.relative_error <= tolerance;
   return out;

@@ -333,8 +333,11 @@ class CompressedOperator {
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads_) reduction(+ : norm2)
     {
-      const int t = omp_get_thread_num();
-      norm2 += range(st, x, y, a, want_norm, st.partition[t], st.partition[t + 1]);
+      // Every partition, also when OpenMP gives a smaller team than asked (nested regions,
+      // OMP_THREAD_LIMIT, OMP_DYNAMIC): a thread then takes several.
+      const int t = omp_get_thread_num(), team = omp_get_num_threads();
+      for (int part = t; part < threads_; part += team)
+        norm2 += range(st, x, y, a, want_norm, st.partition[part], st.partition[part + 1]);
     }
 #endif
     return norm2;
@@ -355,8 +358,9 @@ class CompressedOperator {
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads_) reduction(+ : norm2)
     {
-      const int t = omp_get_thread_num();
-      norm2 += kernel(m, x, y, a, m.partition[t], m.partition[t + 1]);
+      const int t = omp_get_thread_num(), team = omp_get_num_threads();  // as gather_parallel
+      for (int part = t; part < threads_; part += team)
+        norm2 += kernel(m, x, y, a, m.partition[part], m.partition[part + 1]);
     }
 #endif
     return norm2;
@@ -407,10 +411,11 @@ class CompressedOperator {
     });
   }
 
-  /// The parallel frame of the scattering products: thread 0 scatters into dst (first scaled by
-  /// −a, or zeroed when a = 0), thread t > 0 into its buffer t − 1 (zeroed), each over its own
-  /// outer range by body(target, lo, hi), which returns a partial sum of squares (or 0); the
-  /// buffers are then summed into dst, adding ‖dst‖² to the result when asked.
+  /// The parallel frame of the scattering products: partition 0 scatters into dst (first scaled
+  /// by −a, or zeroed when a = 0), partition p > 0 into its buffer p − 1 (zeroed), each over its
+  /// own outer range by body(target, lo, hi), which returns a partial sum of squares (or 0); the
+  /// buffers are then summed into dst, adding ‖dst‖² to the result when asked. A team smaller
+  /// than asked (nested regions, OMP_THREAD_LIMIT, OMP_DYNAMIC) takes several partitions each.
   template <class Body>
   Real scatter_threads(Scalar* dst, Scalar a, bool want_norm, Body body) const {
     const Storage& st = direct_;
@@ -421,13 +426,15 @@ class CompressedOperator {
     Scalar* buf = buffers_.data();
 #pragma omp parallel num_threads(threads) reduction(+ : norm2)
     {
-      const int t = omp_get_thread_num();
-      Scalar* mine = t == 0 ? dst : buf + (t - 1) * n;
-      if (t == 0 && a != Scalar(0))
-        for (Index j = 0; j < n; ++j) dst[j] *= -a;
-      else
-        std::fill(mine, mine + n, Scalar(0));
-      norm2 += body(mine, st.partition[t], st.partition[t + 1]);
+      const int t = omp_get_thread_num(), team = omp_get_num_threads();
+      for (int part = t; part < threads; part += team) {
+        Scalar* mine = part == 0 ? dst : buf + (part - 1) * n;
+        if (part == 0 && a != Scalar(0))
+          for (Index j = 0; j < n; ++j) dst[j] *= -a;
+        else
+          std::fill(mine, mine + n, Scalar(0));
+        norm2 += body(mine, st.partition[part], st.partition[part + 1]);
+      }
 #pragma omp barrier
 #pragma omp for schedule(static)
       for (Index j = 0; j < n; ++j) {

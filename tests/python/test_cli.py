@@ -67,6 +67,8 @@ def test_missing_file_and_bad_options(tmp_path):
     assert p.returncode == 1 and "nope.mtx" in p.stderr
     p = run("solve", tmp_path / "nope.mtx", "--method", "qr", check=False)
     assert p.returncode != 0
+    p = run("solve", tmp_path / "nope.mtx", "--maxiter", "-3", check=False)
+    assert p.returncode != 0 and "maxiter" in p.stderr + p.stdout
 
 
 def test_demo_reconstructs_the_phantom(tmp_path):
