@@ -53,21 +53,19 @@ struct Printer {
   std::shared_ptr<Index> lines = std::make_shared<Index>(0);  // since the heads were printed
   MonitorAction operator()(const IterationInfo<Scalar>& it) const {
     const bool lsqr = method == "lsqr";
-    const double eps = lsqr ? std::numeric_limits<double>::epsilon() : 0.0;
     const double r = static_cast<double>(it.r2norm), anorm = static_cast<double>(it.anorm);
     const double arnorm = static_cast<double>(it.arnorm), acond = static_cast<double>(it.acond);
     const double xnorm = static_cast<double>(it.xnorm);
-    // The tests of lsqr.py (with its eps guards) and lsmr.py; bnorm > 0 here (b = 0 returns
-    // before the first iteration).
+    // The solvers' own tests (workspace.hpp); bnorm > 0 here (b = 0 returns before the first
+    // iteration).
     const double test1 = r / bnorm;
-    const double denom = anorm * r + eps;
-    const double test2 = denom != 0 ? arnorm / denom : std::numeric_limits<double>::infinity();
-    const double test3 = 1 / (acond + eps);
-    const double t1 = test1 / (1 + anorm * xnorm / bnorm);
+    const double test2 =
+        anorm * r != 0 ? arnorm / (anorm * r) : std::numeric_limits<double>::infinity();
+    const double test3 = 1 / acond;
     const double rtol = btol + atol * anorm * xnorm / bnorm;
     const Index itn = it.iteration;
-    const bool stops = itn >= max_iterations || 1 + test3 <= 1 || 1 + test2 <= 1 || 1 + t1 <= 1 ||
-                       test3 <= ctol || test2 <= atol || test1 <= rtol;
+    const bool stops = detail::stopping_test(itn, max_iterations, test1, test2, test3, anorm, xnorm,
+                                             bnorm, atol, btol, ctol) != Status::ExactSolution;
     const double near_ctol = lsqr ? 2 : 1.1, near = lsqr ? 10 : 1.1;
     const bool print = n <= 40 || itn <= 10 || itn >= max_iterations - 10 ||
                        (!lsqr && itn % 10 == 0) || test3 <= near_ctol * ctol ||
