@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <difflsq/difflsq.hpp>
@@ -137,6 +138,72 @@ TEST_CASE("CompressedOperator computes every row when OpenMP gives a smaller tea
   }
 }
 #endif
+
+TEST_CASE("ThreadChoice keeps the faster version of a product and tries the other again") {
+  // Stand-ins for a product whose versions take known times (busy waits, so that a
+  // descheduled test thread makes a call look slower, never faster).
+  const auto spin = [](double micro) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(micro * 1e-6);
+    while (std::chrono::steady_clock::now() < end) {
+    }
+  };
+  detail::ThreadChoice choice;
+  CHECK(choice.parallel());  // the first calls run in parallel
+  double slow_parallel = 500, slow_serial = 50;
+  int parallel_calls = 0;
+  const auto call = [&] {
+    return choice.run([&](bool parallel) {
+      spin(parallel ? slow_parallel : slow_serial);
+      parallel_calls += parallel;
+      return 0.0;
+    });
+  };
+  for (int k = 0; k < 400; ++k) call();
+  // Parallel 10× slower: after the first interval (16 calls) and a trial it runs on one thread,
+  // trying parallel again a few times (each trial ends after its first call).
+  CHECK(!choice.parallel());
+  CHECK(parallel_calls <= 16 + 10);
+  // The load goes away: parallel is 10× faster. The next trial switches back.
+  std::swap(slow_parallel, slow_serial);
+  int calls = 0;
+  while (!choice.parallel() && calls < 5000) {
+    call();
+    ++calls;
+  }
+  CHECK(choice.parallel());
+  parallel_calls = 0;
+  for (int k = 0; k < 400; ++k) call();
+  CHECK(parallel_calls >= 400 - 2 * detail::ThreadChoice::kTrial);
+}
+
+TEST_CASE("CompressedOperator with automatic threads: products equal Eigen's in both versions") {
+  // threads = 0 on a matrix with ≥ kParallelNonzeros nonzeros: each kind of product switches
+  // between its parallel and one-thread versions as timed; every product must be right.
+  std::mt19937_64 gen(9);
+  const Eigen::SparseMatrix<double, Eigen::RowMajor> csr =
+      random_csr<double>(1000, 600, 1.2 * kParallelNonzeros / (1000.0 * 600), gen);
+  REQUIRE(csr.nonZeros() >= kParallelNonzeros);
+  const Eigen::VectorXd x = random_vector<double>(600, gen), u = random_vector<double>(1000, gen);
+  for (const bool transposed : {false, true}) {
+    CAPTURE(transposed);
+    const CompressedOperator op(csr, SparseOptions{.transposed_index = transposed});
+    CHECK(op.adaptive_threads() == (op.threads() > 1));
+    double worst = 0;
+    Eigen::VectorXd y(1000), v(600), w(600);
+    for (int k = 0; k < 300; ++k) {  // several intervals and trials of each kind
+      op.apply(x, y);
+      op.apply_adjoint(u, v);
+      worst = std::max(
+          {worst, (y - csr * x).norm() / y.norm(), (v - csr.transpose() * u).norm() / v.norm()});
+      Eigen::VectorXd uu = u;
+      op.apply_sub_norm2_adjoint(x, uu, 0.5, w);
+      const Eigen::VectorXd ref_u = csr * x - 0.5 * u;
+      worst = std::max({worst, (uu - ref_u).norm() / ref_u.norm(),
+                        (w - csr.transpose() * ref_u).norm() / w.norm()});
+    }
+    CHECK(worst <= 1e-13);
+  }
+}
 
 TEST_CASE("the adjoint view swaps shapes and products; solving with it solves A^H") {
   std::mt19937_64 gen(2);

@@ -195,6 +195,12 @@ TEST_CASE("extreme scales of A: a correct x, or a status that says it is not") {
   const Eigen::MatrixXd big = p.a * 1e100, tiny = p.a * 1e-100;
   CHECK(solve(Method::Cgls, big, p.b, Options<double>{}).status == Status::NonFinite);
   CHECK(solve(Method::Cgls, tiny, p.b, Options<double>{}).status == Status::NonFinite);
+  // ‖Aᴴb‖² overflows at the start (Aᴴb is finite): the report says so, with finite estimates.
+  const Eigen::MatrixXd huge = p.a * 1e200;
+  const auto r = solve(Method::Cgls, huge, p.b, Options<double>{});
+  CHECK(r.status == Status::NonFinite);
+  CHECK(std::isfinite(r.arnorm));
+  CHECK(std::abs(r.arnorm - (huge.transpose() * p.b).stableNorm()) <= 1e-12 * r.arnorm);
 }
 
 TEST_CASE("the stopping tests do not depend on the scale of A and b") {

@@ -49,7 +49,7 @@ struct CglsMethod {
     Real rnorm = norm2(r);
     Real gamma = s.squaredNorm();
     rep.r1norm = rep.r2norm = rnorm;
-    rep.arnorm = std::sqrt(gamma);
+    rep.arnorm = norm2(s);  // finite where gamma = ‖s‖² overflows
     // CGLS works with squares of ‖A‖'s scale (‖Aᴴr‖², ‖Ap‖²): they over- or underflow for
     // ‖A‖ beyond about 1e±77 (double). A square that is 0 while its vector is not is reported
     // like an overflow, not read as an exact solution.

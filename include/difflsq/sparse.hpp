@@ -33,16 +33,86 @@
 #include <omp.h>
 #endif
 
+#include <chrono>
+#include <limits>
+
 namespace difflsq {
 
 /// Products below this many nonzeros run on one thread by default: a parallel region costs
 /// about as much as such a product (docs/benchmarks.md).
 inline constexpr Index kParallelNonzeros = 50000;
 
+namespace detail {
+
+/// Chooses between the parallel and the one-thread version of one kind of product by timing
+/// them. Every call is timed. After `interval` calls of the current version, up to kTrial calls
+/// run the other one; if their mean time is below the mean of those `interval` calls, the other
+/// version becomes current and the interval restarts at kMinInterval. Otherwise the trial ends
+/// as soon as it cannot win, and the interval doubles (up to kMaxInterval) and is at least
+/// kAmortize times the trial's cost in calls of the current version, so that trials take at
+/// most about 1/kAmortize of the time even when the other version is 100× slower.
+///
+/// On an idle machine the parallel version stays current. On a machine whose cores other
+/// processes hold, a parallel region waits at its barriers for whichever of its threads is
+/// descheduled while OpenMP's spinning threads take time from the others: an LSQR solve on a
+/// random 20000 × 5000 matrix with 60000 nonzeros, with two threads on two cores that two
+/// compilers also used, took 120× the one-thread time (docs/benchmarks.md, "Loaded machine").
+/// Means, not minima: a parallel call is fast when both threads happen to hold a core, and the
+/// fastest of a few such calls says nothing of the typical one.
+class ThreadChoice {
+ public:
+  static constexpr int kTrial = 4, kMinInterval = 16, kMaxInterval = 1024, kAmortize = 32;
+
+  /// f(parallel) runs the product; returns what f returns.
+  template <class F>
+  auto run(F&& f) {
+    const bool trial = done_ >= interval_;
+    const auto start = std::chrono::steady_clock::now();
+    auto result = f(trial != parallel_);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (!trial) {
+      current_ += seconds;
+      ++done_;
+      return result;
+    }
+    other_ += seconds;
+    ++tried_;
+    const double mean = current_ / done_;
+    if (other_ >= kTrial * mean) {  // the trial's mean cannot end below `mean`: keep the version
+      const double cost = other_ / std::max(mean, 1e-9);  // in calls of the current version
+      const double amortized = std::min(kAmortize * cost, 1e9);
+      interval_ = std::max(std::min(2 * interval_, kMaxInterval), static_cast<int>(amortized));
+      restart();
+    } else if (tried_ == kTrial) {  // the other version was faster
+      parallel_ = !parallel_;
+      interval_ = kMinInterval;
+      restart();
+    }
+    return result;
+  }
+  /// The version the calls outside trials use (tests, diagnostics).
+  bool parallel() const { return parallel_; }
+
+ private:
+  void restart() {
+    current_ = other_ = 0;
+    done_ = tried_ = 0;
+  }
+
+  bool parallel_ = true;
+  int interval_ = kMinInterval, done_ = 0, tried_ = 0;
+  double current_ = 0, other_ = 0;  // seconds: the `done_` calls, the `tried_` trial calls
+};
+
+}  // namespace detail
+
 /// How a CompressedOperator runs.
 struct SparseOptions {
   /// Threads for the products; ≤ 0: all OpenMP threads when the matrix has at least
-  /// kParallelNonzeros nonzeros, else 1.
+  /// kParallelNonzeros nonzeros, else 1, and each kind of product runs on one thread while that
+  /// is measured to be faster (detail::ThreadChoice: a machine whose cores other processes
+  /// hold). A positive count is used for every product.
   int threads = 0;
   /// Also store the matrix transposed (nnz values and indices more), so that both products
   /// gather: faster than scattering, and parallel without reduction buffers.
@@ -74,6 +144,7 @@ class CompressedOperator {
                                                    : 1;
     threads_ = static_cast<int>(
         std::max<Index>(1, std::min<Index>({Index(threads_), a.outerSize(), Index(kMaxThreads)})));
+    adaptive_ = options.threads <= 0 && threads_ > 1;
     direct_ = storage(a.outerSize(), a.outerIndexPtr(), a.innerNonZeroPtr(), a.innerIndexPtr(),
                       a.valuePtr());
     transposed_index_ = options.transposed_index;
@@ -95,6 +166,9 @@ class CompressedOperator {
   Index rows() const { return rows_; }
   Index cols() const { return cols_; }
   int threads() const { return threads_; }
+  /// Whether products may run on one thread when that is measured to be faster
+  /// (SparseOptions::threads ≤ 0 and threads() > 1).
+  bool adaptive_threads() const { return adaptive_; }
   bool has_transposed_index() const { return transposed_index_; }
   /// Both directions are stored as sliced ELLPACK (see SparseOptions::sliced).
   bool sliced() const { return sliced_; }
@@ -254,15 +328,26 @@ class CompressedOperator {
     // The direct layout gathers when the output is indexed by its outer dimension (CSR·x,
     // CSCᴴ·u); otherwise the transposed layout gathers, if there is one, else we scatter.
     constexpr bool direct_gathers = (kRowMajor != Adjoint);
-    if (sliced_)
-      return sliced_product(direct_gathers ? sell_direct_ : sell_transposed_, in.data(),
-                            out.data(), a, Adjoint);
-    if constexpr (direct_gathers) {
-      return gather_product(direct_, in, out, a, want_norm, Adjoint);
-    } else {
-      if (transposed_.ptr) return gather_product(transposed_, in, out, a, want_norm, Adjoint);
-      return scatter_product(in, out, a, want_norm, Adjoint);
-    }
+    return with_threads(Adjoint ? 1 : 0, [&](bool parallel) {
+      if (sliced_)
+        return sliced_product(direct_gathers ? sell_direct_ : sell_transposed_, in.data(),
+                              out.data(), a, Adjoint, parallel);
+      if constexpr (direct_gathers) {
+        return gather_product(direct_, in, out, a, want_norm, Adjoint, parallel);
+      } else {
+        if (transposed_.ptr)
+          return gather_product(transposed_, in, out, a, want_norm, Adjoint, parallel);
+        return scatter_product(in, out, a, want_norm, Adjoint, parallel);
+      }
+    });
+  }
+
+  /// f(parallel) with parallel = threads_ > 1, or as choice_[kind] decides when adaptive_;
+  /// kind 0: products with A, 1: with Aᴴ, 2: the fused steps.
+  template <class F>
+  Real with_threads(int kind, F&& f) const {
+    if (!adaptive_) return f(threads_ > 1);
+    return choice_[kind].run(f);
   }
 
   /// Rows [lo, hi) of a gathering product: out_k ← Σ_p op(val_p)·in[idx_p] − a·out_k, returning
@@ -318,11 +403,12 @@ class CompressedOperator {
   }
 
   Real gather_product(const Storage& st, const Eigen::Ref<const Vector<Scalar>>& in,
-                      Eigen::Ref<Vector<Scalar>> out, Scalar a, bool want_norm, bool conj) const {
+                      Eigen::Ref<Vector<Scalar>> out, Scalar a, bool want_norm, bool conj,
+                      bool parallel) const {
     const Scalar* x = in.data();
     Scalar* y = out.data();
     const auto range = conj ? &gather_range<true> : &gather_range<false>;
-    if (threads_ == 1) return range(st, x, y, a, want_norm, 0, st.outer);
+    if (!parallel) return range(st, x, y, a, want_norm, 0, st.outer);
     return gather_parallel(range, st, x, y, a, want_norm);
   }
 
@@ -345,10 +431,11 @@ class CompressedOperator {
 
   /// A product over a sliced layout: out ← op(A)·in − a·out, returning ‖out‖². The kernels are
   /// static functions of plain arguments, as gather_rows.
-  Real sliced_product(const Sliced& m, const Scalar* x, Scalar* y, Scalar a, bool conj) const {
+  Real sliced_product(const Sliced& m, const Scalar* x, Scalar* y, Scalar a, bool conj,
+                      bool parallel) const {
     const auto kernel = detail::sell_kernel<Scalar, StorageIndex>(m.permuted, a == Scalar(0),
                                                                   conj, m.avx2);
-    if (threads_ == 1) return kernel(m, x, y, a, 0, m.slices);
+    if (!parallel) return kernel(m, x, y, a, 0, m.slices);
     return sliced_parallel(kernel, m, x, y, a);
   }
 
@@ -393,8 +480,8 @@ class CompressedOperator {
   }
 
   Real scatter_product(const Eigen::Ref<const Vector<Scalar>>& in, Eigen::Ref<Vector<Scalar>> out,
-                       Scalar a, bool want_norm, bool conj) const {
-    if (threads_ > 1) return scatter_parallel(in.data(), out.data(), a, want_norm, conj);
+                       Scalar a, bool want_norm, bool conj, bool parallel) const {
+    if (parallel) return scatter_parallel(in.data(), out.data(), a, want_norm, conj);
     if (a == Scalar(0))
       out.setZero();
     else
@@ -487,18 +574,22 @@ class CompressedOperator {
   template <bool Adjoint>
   Real fused_product(const Scalar* in, Scalar* out, Scalar* dst, Scalar a) const {
     const Storage& st = direct_;
-    if (threads_ == 1) {
-      std::fill(dst, dst + inner_, Scalar(0));
-      return fused_range<Adjoint>(st, in, out, dst, a, 0, st.outer);
-    }
-    return scatter_threads(dst, Scalar(0), false, [&](Scalar* target, Index lo, Index hi) {
-      return fused_range<Adjoint>(st, in, out, target, a, lo, hi);
+    return with_threads(2, [&](bool parallel) {
+      if (!parallel) {
+        std::fill(dst, dst + inner_, Scalar(0));
+        return fused_range<Adjoint>(st, in, out, dst, a, 0, st.outer);
+      }
+      return scatter_threads(dst, Scalar(0), false, [&](Scalar* target, Index lo, Index hi) {
+        return fused_range<Adjoint>(st, in, out, target, a, lo, hi);
+      });
     });
   }
 
   const Matrix* a_;
   Index rows_, cols_, inner_;
   int threads_ = 1;
+  bool adaptive_ = false;                                 // see SparseOptions::threads
+  mutable std::array<detail::ThreadChoice, 3> choice_{};  // see with_threads
   bool transposed_index_ = false, sliced_ = false;
   Storage direct_, transposed_;
   std::vector<StorageIndex> t_ptr_, t_idx_;  // the compressed transposed index (not sliced)

@@ -8,13 +8,17 @@
 // against x = 1 can be reported), prints a progress line and a final report. `demo` runs the
 // matrix-free job on an embedded default: parallel-beam X-ray tomography of a Shepp–Logan
 // phantom from a noisy sinogram, reconstructed by damped LSQR and LSMR, written as PNG images.
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
 #include <difflsq/difflsq.hpp>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <random>
+#include <stdexcept>
 #include <string>
 
 #include "matrix_market.hpp"
@@ -78,6 +82,38 @@ void print_report(const char* what, const difflsq::Report<double>& r, double sec
   std::printf("  time            %.3f s\n", seconds);
 }
 
+/// Fails before reading and solving, not after: `path` must be a file we can write (it is
+/// created to find out, and removed again if it did not exist).
+void check_writable(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const bool existed = fs::exists(path, ec);
+  if (fs::is_directory(path, ec)) throw std::runtime_error("--out " + path + " is a directory");
+  if (!std::ofstream(path, std::ios::app)) throw std::runtime_error("cannot write --out " + path);
+  if (!existed) fs::remove(path, ec);
+}
+
+/// A Matrix Market header may declare up to 2^31 - 1 rows in a few bytes (the reader's memory
+/// is O(entries + columns)); the solve needs vectors of that length. Refuse a solve whose
+/// estimated memory exceeds the machine's (Linux overcommits: it would be killed mid-way).
+template <class Scalar>
+void check_memory(std::int64_t rows, std::int64_t cols, std::int64_t nonzeros) {
+  const double s = sizeof(Scalar), entry = s + sizeof(int);
+  // CSR and up to two more stored copies of the entries, their row/column starts, and about
+  // five vectors of length m and seven of length n (b, x, and the solvers' workspace).
+  const double need = 3 * entry * double(nonzeros) + 8.0 * double(rows + cols) +
+                      s * (5.0 * double(rows) + 7.0 * double(cols));
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page <= 0) return;  // unknown
+  const double have = double(pages) * double(page);
+  if (need > have)
+    throw std::runtime_error(
+        "A is " + std::to_string(rows) + " x " + std::to_string(cols) + " with " +
+        std::to_string(nonzeros) + " nonzeros: solving needs about " +
+        std::to_string(static_cast<long long>(need / 1e9 + 1)) + " GB, more than this machine's " +
+        std::to_string(static_cast<long long>(have / 1e9)) + " GB of memory");
+}
+
 template <class Scalar>
 int solve_file(const difflsq::io::MatrixMarket& mm, const std::string& b_path,
                const std::string& out, const SolveSettings& s) {
@@ -86,6 +122,7 @@ int solve_file(const difflsq::io::MatrixMarket& mm, const std::string& b_path,
     if constexpr (std::is_same_v<Scalar, double>) return mm.real;
     else return mm.complex;
   }();
+  check_memory<Scalar>(a.rows(), a.cols(), a.nonZeros());
   const Eigen::SparseMatrix<Scalar, Eigen::RowMajor> csr = a;
   Vec b;
   std::optional<Vec> x_true;
@@ -225,6 +262,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     if (*dem) return demo(d);
+    if (!out.empty()) check_writable(out);
     const auto mm = difflsq::io::read_matrix_market(a_path);
     std::printf("read %s\n", a_path.c_str());
     return mm.is_complex ? solve_file<std::complex<double>>(mm, b_path, out, s)

@@ -71,6 +71,23 @@ def test_missing_file_and_bad_options(tmp_path):
     assert p.returncode != 0 and "maxiter" in p.stderr + p.stdout
 
 
+def test_unwritable_out_and_absurd_sizes_fail_before_solving(tmp_path):
+    a = scipy.sparse.random(50, 20, density=0.4, random_state=3) + scipy.sparse.eye(50, 20)
+    scipy.io.mmwrite(tmp_path / "A.mtx", a)
+    for out in (tmp_path / "no-such-dir" / "x.mtx", tmp_path):
+        p = run("solve", tmp_path / "A.mtx", "--out", out, check=False)
+        assert p.returncode == 1 and "--out" in p.stderr
+        assert "iterations" not in p.stdout  # refused before the solve
+    assert not (tmp_path / "no-such-dir").exists()
+    p = run("solve", tmp_path / "A.mtx", "--out", tmp_path / "x.mtx")  # a writable one works
+    assert (tmp_path / "x.mtx").exists()
+    # 60 bytes declaring 2^31 - 1 rows: refused with the sizes, not killed by the kernel.
+    (tmp_path / "huge.mtx").write_text(
+        "%%MatrixMarket matrix coordinate real general\n2147483647 3 1\n1 1 1.0\n")
+    p = run("solve", tmp_path / "huge.mtx", check=False)
+    assert p.returncode == 1 and "2147483647 x 3" in p.stderr and "GB" in p.stderr
+
+
 def test_demo_reconstructs_the_phantom(tmp_path):
     p = run("demo", "--size", "48", "--angles", "60", "--out", tmp_path)
     errors = [float(l.split(":")[1]) for l in p.stdout.splitlines()

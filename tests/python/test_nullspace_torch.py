@@ -1,6 +1,8 @@
 """difflsq.torch.NullSpaceOptimizer against the dense KKT solution, on the unit sphere, with
 Adam on several tensors; the torch projections against brute force."""
+import copy
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -269,3 +271,186 @@ def test_feasibility_tolerance_skips_the_correction_solve():
         else:  # no correction: the projected step keeps c where it was
             assert abs(after - before) < 1e-9 * before
     assert counts == [3, 2]
+
+
+def _two_group_run(make_optimizer, steps, mode="step"):
+    """The quadratic under Cθ = d on two tensors in two parameter groups; returns θ, the KKT
+    solution and ‖c‖."""
+    Q, q, C, d, theta_star, _ = quadratic_problem(seed=12)
+    params = make_params(seed=13)
+    opt = dt.NullSpaceOptimizer(params, make_optimizer(params), lambda: C @ flat(params) - d,
+                                gamma=1.0, mode=mode, track_stationarity=False)
+    for _ in range(steps):
+        opt.zero_grad()
+        x = flat(params)
+        (0.5 * x @ Q @ x - q @ x).backward()
+        opt.step()
+    return flat(params).detach(), theta_star, float((C @ flat(params) - d).norm())
+
+
+def test_groups_with_different_learning_rates_converge_to_the_kkt_point():
+    # The step −L·g (L: each group's lr) projected euclidean stops where P(L g) = 0, not at a KKT
+    # point (distance 1.4 from it before the fix); projected in the metric L⁻¹ it stops where
+    # g ∈ range(Jᵀ).
+    def sgd(params):
+        return torch.optim.SGD([{"params": [params[0]], "lr": 0.2},
+                                {"params": [params[1]], "lr": 0.05}])
+
+    theta, theta_star, cnorm = _two_group_run(sgd, 600)
+    assert cnorm < 1e-10
+    assert torch.allclose(theta, theta_star, rtol=1e-8, atol=1e-10)
+    # Adam with a decaying rate: its metric is D/lr (1.6 from the KKT point with D alone).
+    Q, q, C, d, _, _ = quadratic_problem(seed=12)
+    params = make_params(seed=13)
+    adam = torch.optim.Adam([{"params": [params[0]], "lr": 0.05},
+                             {"params": [params[1]], "lr": 0.025}])
+    opt = dt.NullSpaceOptimizer(params, adam, lambda: C @ flat(params) - d, gamma=20.0,
+                                track_stationarity=False)
+    sched = torch.optim.lr_scheduler.ExponentialLR(adam, gamma=0.996)
+    for _ in range(1200):
+        opt.zero_grad()
+        x = flat(params)
+        (0.5 * x @ Q @ x - q @ x).backward()
+        opt.step()
+        sched.step()
+    assert float((C @ flat(params) - d).norm()) < 1e-10
+    assert float((flat(params).detach() - theta_star).norm()) < 1e-3 * float(theta_star.norm())
+
+
+def test_gradient_mode_warns_where_the_optimizer_leaves_the_null_space():
+    def sgd_groups(params):
+        return torch.optim.SGD([{"params": [params[0]], "lr": 0.1},
+                                {"params": [params[1]], "lr": 0.01}])
+
+    with pytest.warns(RuntimeWarning, match="different learning rates"):
+        _, _, cnorm = _two_group_run(sgd_groups, 30, mode="gradient")
+    assert cnorm > 1e-3  # what the warning is about
+    with pytest.warns(RuntimeWarning, match="weight decay"):
+        _two_group_run(lambda ps: torch.optim.SGD(ps, lr=0.05, weight_decay=0.1), 2,
+                       mode="gradient")
+    with pytest.warns(RuntimeWarning, match="Adam rescales"):
+        _two_group_run(lambda ps: torch.optim.Adam(ps, lr=0.05), 2, mode="gradient")
+
+
+def test_gradient_mode_with_maximize_still_moves_towards_the_constraint_set():
+    # maximize=True ascends along the gradient handed over: the correction's sign must flip
+    # (‖c‖ grew 2 → 120 in 10 steps before). Maximizing −f equals minimizing f.
+    Q, q, C, d, _, _ = quadratic_problem(seed=14)
+    results = []
+    for maximize in (False, True):
+        params = make_params(seed=15)
+        opt = dt.NullSpaceOptimizer(params, torch.optim.SGD(params, lr=0.05, maximize=maximize),
+                                    lambda: C @ flat(params) - d, gamma=20.0, mode="gradient")
+        for _ in range(10):
+            opt.zero_grad()
+            x = flat(params)
+            f = 0.5 * x @ Q @ x - q @ x
+            (-f if maximize else f).backward()
+            opt.step()
+        results.append(flat(params).detach())
+    assert torch.allclose(results[0], results[1], rtol=1e-12, atol=1e-14)
+    assert float((C @ results[1] - d).norm()) < 1e-10
+
+
+@pytest.mark.parametrize("mode", ["step", "gradient"])
+def test_a_failed_step_leaves_parameters_and_optimizer_state_unchanged(mode):
+    Q, q, C, d, _, _ = quadratic_problem(seed=16)
+
+    def loss_of(params):
+        x = flat(params)
+        return 0.5 * x @ Q @ x - q @ x
+
+    def run(inject):
+        params = make_params(seed=17)
+        adam = torch.optim.Adam(params, lr=0.05)
+        opt = dt.NullSpaceOptimizer(params, adam, lambda: C @ flat(params) - d, gamma=20.0,
+                                    mode=mode)
+        for it in range(3):
+            opt.zero_grad()
+            loss_of(params).backward()
+            if it == 1 and inject:
+                before = [p.detach().clone() for p in params]
+                state = {k: v.clone() for k, v in adam.state[params[0]].items()}
+                params[1].grad[0] = float("nan")  # a bad batch
+                with pytest.raises(FloatingPointError, match=r"gradient of params\[1\]"):
+                    opt.step()
+                opt.maxiter = 1  # a solve that cannot converge
+                opt.zero_grad()
+                loss_of(params).backward()
+                with pytest.raises(dt.SolveError):
+                    opt.step()
+                opt.maxiter = None
+                assert all(torch.equal(p, b) for p, b in zip(params, before))
+                assert all(torch.equal(v, state[k]) for k, v in adam.state[params[0]].items())
+                opt.zero_grad()
+                loss_of(params).backward()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # gradient mode with Adam
+                opt.step()
+        return flat(params).detach()
+
+    assert torch.equal(run(True), run(False))
+
+
+def test_state_dict_resumes_warmup_and_closures_work():
+    Q, q, C, d, _, _ = quadratic_problem(seed=18)
+
+    def make(params, warmup=2):
+        return dt.NullSpaceOptimizer(params, torch.optim.Adam(params, lr=0.05),
+                                     lambda: C @ flat(params) - d, gamma=20.0, warmup=warmup)
+
+    def closure_for(opt, params):
+        def closure():
+            opt.zero_grad()
+            x = flat(params)
+            loss = 0.5 * x @ Q @ x - q @ x
+            loss.backward()
+            return loss
+        return closure
+
+    params = make_params(seed=19)
+    opt = make(params)
+    for _ in range(1):
+        opt.step(closure_for(opt, params))
+    # (deepcopy, as torch.save would: a state_dict holds the live state tensors)
+    saved, theta = copy.deepcopy(opt.state_dict()), [p.detach().clone() for p in params]
+    for _ in range(3):
+        loss = opt.step(closure_for(opt, params))
+    assert torch.is_tensor(loss)
+    reference = flat(params).detach().clone()
+    resumed = [t.clone().requires_grad_() for t in theta]
+    opt2 = make(resumed)
+    opt2.load_state_dict(saved)
+    for _ in range(3):
+        opt2.step(closure_for(opt2, resumed))
+    assert torch.equal(flat(resumed).detach(), reference)
+    # LBFGS needs its closure; in step mode its whole step is projected.
+    params = make_params(seed=20)
+    lbfgs = dt.NullSpaceOptimizer(params, torch.optim.LBFGS(params, lr=0.5, max_iter=5),
+                                  lambda: C @ flat(params) - d, gamma=2.0)
+    for _ in range(3):
+        lbfgs.step(closure_for(lbfgs, params))
+    assert float((C @ flat(params) - d).norm()) < 1e-10
+
+
+def test_misuse_gets_clear_errors():
+    params = make_params()
+    sgd = torch.optim.SGD(params, lr=0.1)
+    with pytest.raises(ValueError, match="twice"):
+        dt.NullSpaceOptimizer([params[0], params[0]], sgd, lambda: flat(params)[:1])
+    z = torch.zeros(3, dtype=torch.complex128, requires_grad=True)
+    with pytest.raises(ValueError, match="complex128"):
+        dt.NullSpaceOptimizer([z], torch.optim.SGD([z], lr=0.1), lambda: z.real)
+    opt = dt.NullSpaceOptimizer(params, sgd, lambda: torch.ones(2, dtype=F64))
+    flat(params).sum().backward()
+    with pytest.raises(ValueError, match="does not depend"):
+        opt.step()
+    with pytest.raises(ValueError, match="not finite"):
+        dt.project_simplex(torch.tensor([1.0, float("nan")]))
+    with pytest.raises(ValueError, match="radius"):
+        dt.project_ball(torch.ones(3), float("nan"))
+    lo, hi = torch.zeros(3), torch.tensor([1.0, 2.0, 3.0])
+    assert torch.equal(dt.project_box(torch.tensor([-1.0, 1.5, 9.0]), lo, hi),
+                       torch.tensor([0.0, 1.5, 3.0]))
+    with pytest.raises(ValueError, match="lo <= hi"):
+        dt.project_box(torch.zeros(3), hi, lo)

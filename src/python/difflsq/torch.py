@@ -584,17 +584,27 @@ class NullSpaceOptimizer:
     1-D tensor c(θ) computed from them (it may close over a data batch). After
     ``loss.backward()``, ``step()``:
 
-    * ``mode="gradient"`` (the paper's): the optimizer receives d = Pg + γ·J⁺c as the gradient;
+    * ``mode="gradient"`` (the paper's): the optimizer receives d = Pg + γ·J⁺c as the gradient
+      (Pg − γ·J⁺c in groups with ``maximize=True``);
     * ``mode="step"`` (default): the optimizer proposes Δ from the raw gradient and the applied
-      update is PΔ − lr·γ·J⁺c (lr of each parameter's group). With SGD both modes coincide; with
-      Adam only this one keeps c(θ) = 0, as Adam's rescaling leaves the null space.
+      update is PΔ − lr·γ·J⁺c (lr of each parameter's group). With plain SGD (one learning
+      rate, no weight decay) both modes coincide. Gradient mode leaves the null space wherever
+      the optimizer rescales coordinates (Adam, weight decay, groups with different learning
+      rates; a warning says so once); step mode keeps c(θ) = 0 with any optimizer.
 
     ``metric`` (step mode): the projection of Δ is orthogonal in the metric of the optimizer's
     rescaling, P_D Δ = argmin over Jw = 0 of (w − Δ)ᵀD(w − Δ), so that the iteration stops only
-    where g ∈ range(Jᵀ) (the KKT condition). ``"auto"``: D = √v̂ + ε from the state of
-    torch.optim.Adam / AdamW (amsgrad too), the identity for other optimizers; ``"euclidean"``:
-    always the identity; or a callable returning one positive tensor per parameter. Euclidean
+    where g ∈ range(Jᵀ) (the KKT condition). ``"auto"``: D = (√v̂ + ε)/lr from the state of
+    torch.optim.Adam / AdamW (amsgrad too), 1/lr for other optimizers (lr of each parameter's
+    group; the identity when all are equal); ``"euclidean"``: always the identity; or a callable
+    returning one positive tensor per parameter (include 1/lr where groups differ). Euclidean
     projection of Adam's step keeps c(θ) = 0 but stops where P D⁻¹g = 0, not a KKT point.
+
+    A step either completes or, when it raises (a non-finite gradient or c(θ), a failed solve
+    under ``on_failure="raise"``), leaves the parameters and the optimizer's state as they were.
+    ``step(closure)`` evaluates the loss as torch optimizers do (LBFGS too, in step mode) and
+    returns it. ``state_dict()`` / ``load_state_dict()`` save the optimizer's state and the step
+    count (warmup).
 
     P is the orthogonal projection onto N(J), J = ∂c/∂θ; z = argmin ‖Jᵀz − g‖ the least-squares
     multipliers; J⁺c the minimum-norm Gauss–Newton correction. J is never formed: Jᵀu is one
@@ -628,6 +638,12 @@ class NullSpaceOptimizer:
             if not p.requires_grad:
                 raise ValueError(f"difflsq.torch.NullSpaceOptimizer: params[{i}] does not "
                                  f"require grad")
+            if p.dtype not in (torch.float32, torch.float64):
+                raise ValueError(f"difflsq.torch.NullSpaceOptimizer: params[{i}] is {p.dtype}; "
+                                 f"real float32 or float64 parameters are supported")
+            if any(q is p for q in self.params[:i]):
+                raise ValueError(f"difflsq.torch.NullSpaceOptimizer: params[{i}] is listed "
+                                 f"twice")
         self.optimizer, self.constraint = optimizer, constraint
         self.gamma, self.mode = float(gamma), mode
         self.method, self.atol, self.btol, self.maxiter = method, atol, btol, maxiter
@@ -640,21 +656,39 @@ class NullSpaceOptimizer:
         self.metric = metric
         self.diagnostics = {}
         self._steps = 0
-        self._lr = self._learning_rates()
+        self._warned = False
+        self._groups = self._param_groups()
 
-    def _learning_rates(self):
-        lr = {}
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                lr[id(p)] = group.get("lr", 0.0)
-        missing = [i for i, p in enumerate(self.params) if id(p) not in lr]
+    def _param_groups(self):
+        """The optimizer's group of each of self.params (by id)."""
+        group_of = {id(p): group for group in self.optimizer.param_groups
+                    for p in group["params"]}
+        missing = [i for i, p in enumerate(self.params) if id(p) not in group_of]
         if missing:
             raise ValueError(f"difflsq.torch.NullSpaceOptimizer: params {missing} are not "
                              f"updated by the optimizer")
-        return lr
+        return [group_of[id(p)] for p in self.params]
+
+    def _per_entry(self, values, dtype):
+        """A flat tensor with values[i] repeated over the entries of params[i]."""
+        return torch.cat([torch.full((p.numel(),), float(v), dtype=dtype)
+                          for p, v in zip(self.params, values)])
 
     def zero_grad(self, set_to_none=False):
         self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    def state_dict(self):
+        """The wrapped optimizer's state_dict and the step count (for warmup)."""
+        return {"optimizer": self.optimizer.state_dict(), "steps": self._steps}
+
+    def load_state_dict(self, state):
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._steps = int(state["steps"])
+        self._groups = self._param_groups()
 
     # --- flat views -------------------------------------------------------------------------
     def _flat(self, tensors):
@@ -679,6 +713,9 @@ class NullSpaceOptimizer:
             _check_device("constraint()", c)
             if not torch.isfinite(c).all():
                 raise FloatingPointError("difflsq.torch.NullSpaceOptimizer: c(θ) is not finite")
+            if not c.requires_grad:
+                raise ValueError("difflsq.torch.NullSpaceOptimizer: constraint() does not "
+                                 "depend on the parameters (its result does not require grad)")
             u0 = torch.zeros_like(c, requires_grad=True)
             jt_u0 = torch.autograd.grad(c, self.params, grad_outputs=u0, create_graph=True,
                                         allow_unused=True)
@@ -739,16 +776,17 @@ class NullSpaceOptimizer:
             z = self._solve(J.adjoint(), v.numpy(), records)
             pv = v - torch.from_numpy(J.rmatvec(z)).to(v.dtype)
             return pv, torch.from_numpy(z).to(v.dtype)
-        s = metric.rsqrt()
+        s = metric.rsqrt()  # 0 where D = ∞ (lr = 0): those entries do not move
         s_np = s.numpy()
         k, n = J.shape
         sjt = sla.LinearOperator((n, k), matvec=lambda mu: s_np * J.rmatvec(mu),
                                  rmatvec=lambda u: J.matvec(s_np * u), dtype=J.dtype)
-        mu = self._solve(sjt, (v / s).numpy(), records)
+        rhs = torch.where(s > 0, v / s, torch.zeros_like(v))
+        mu = self._solve(sjt, rhs.numpy(), records)
         pv = v - s * s * torch.from_numpy(J.rmatvec(mu)).to(v.dtype)
         return pv, torch.from_numpy(mu).to(v.dtype)
 
-    def _step_metric(self):
+    def _step_metric(self, dtype):
         """D for the projection of the optimizer's step (flat), or None for the identity."""
         if self.metric == "euclidean":
             return None
@@ -763,66 +801,138 @@ class NullSpaceOptimizer:
                 raise ValueError("difflsq.torch.NullSpaceOptimizer: metric() must be finite "
                                  "and positive")
             return d
-        if not isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        # Per-group learning rates scale the step per coordinate, like Adam's denominator: the
+        # step is −lr·D⁻¹(…), so the metric is D/lr (a constant factor does not change P_D).
+        lrs = [float(group.get("lr", 1.0)) for group in self._groups]
+        uniform = all(lr == lrs[0] for lr in lrs)
+        adam = isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW))
+        if not adam and uniform:
             return None
-        group_of = {id(p): g for g in self.optimizer.param_groups for p in g["params"]}
+        inv_lr = self._per_entry([1 / lr if lr > 0 else math.inf for lr in lrs], dtype)
+        if not adam:
+            return inv_lr
         parts = []
-        for p in self.params:  # Adam's denominator √(v / (1 − β₂ᵗ)) + ε, after its step
-            group, state = group_of[id(p)], self.optimizer.state.get(p, {})
+        for p, group in zip(self.params, self._groups):  # Adam's √(v / (1 − β₂ᵗ)) + ε
+            state = self.optimizer.state.get(p, {})
             if "exp_avg_sq" not in state:
                 parts.append(torch.ones_like(p))
                 continue
             v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
             t = float(state["step"])
             parts.append((v / (1 - group["betas"][1] ** t)).sqrt() + group["eps"])
-        return self._flat(parts)
+        d = self._flat(parts)
+        return d if uniform else d * inv_lr
+
+    def _snapshot(self):
+        """Every parameter of the optimizer and its state (a failed step restores them)."""
+        def copy(v):
+            return v.clone() if torch.is_tensor(v) else v
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        return [(p, p.detach().clone(),
+                 {k: copy(v) for k, v in self.optimizer.state[p].items()}
+                 if p in self.optimizer.state else None) for p in params]
+
+    def _restore(self, snapshot):
+        for p, data, state in snapshot:
+            p.data.copy_(data)
+            if state is None:
+                self.optimizer.state.pop(p, None)
+            else:
+                self.optimizer.state[p] = state
+
+    def _gradient(self):
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in self.params]
+        for i, gi in enumerate(grads):
+            if not torch.isfinite(gi).all():
+                raise FloatingPointError(f"difflsq.torch.NullSpaceOptimizer: the gradient of "
+                                         f"params[{i}] is not finite")
+        return self._flat(grads).detach().clone()
+
+    def _warn_gradient_mode(self):
+        """Gradient mode hands the optimizer d ∈ N(J) (+ the correction); an optimizer that
+        rescales coordinates takes its update out of N(J)."""
+        if self._warned:
+            return
+        reasons = []
+        if not isinstance(self.optimizer, torch.optim.SGD):
+            reasons.append(f"{type(self.optimizer).__name__} rescales the gradient")
+        if any(group.get("weight_decay", 0) for group in self._groups):
+            reasons.append("weight decay adds θ to it")
+        if len({float(group.get("lr", 0)) for group in self._groups}) > 1:
+            reasons.append("the parameter groups have different learning rates")
+        if reasons:
+            self._warned = True
+            warnings.warn("difflsq.torch.NullSpaceOptimizer: in mode='gradient' the updates "
+                          "leave the constraint set (" + "; ".join(reasons) + "); "
+                          "mode='step' keeps c(θ) = 0", RuntimeWarning, stacklevel=3)
 
     @torch.no_grad()
-    def step(self):
+    def step(self, closure=None):
+        """One constrained step (see the class). ``closure``: re-evaluates the loss and its
+        gradient, as for torch optimizers; its loss is returned."""
         self._steps += 1
-        self._lr = self._learning_rates()
+        self._groups = self._param_groups()
         records = []
+        loss = None
         if self._steps <= self.warmup:
             cnorm = float(self.constraint().detach().norm())
-            self.optimizer.step()
+            loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
             self.diagnostics = {"constraint_norm": cnorm, "multipliers": None,
                                 "projected_grad_norm": None, "iterations": [], "istop": [],
                                 "warmup": True}
-            return
-        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in self.params]
-        g = self._flat(grads).detach().clone()
-        if self.mode == "step":
-            # The optimizer's proposal Δ from the raw gradient; θ goes back to where it was
-            # (through .data, so that the Jacobian below is built at the old θ).
-            old = [p.detach().clone() for p in self.params]
-            self.optimizer.step()
-            delta = self._flat([p.detach() - o for p, o in zip(self.params, old)])
-            for p, o in zip(self.params, old):
-                p.data.copy_(o)
-        c, J = self._jacobian()
-        cnorm = float(c.norm())
-        correction = (torch.from_numpy(self._solve(J, c.numpy(), records)).to(g.dtype)
-                      if cnorm > self.feasibility_tol else torch.zeros_like(g))
-        z = pg = None
-        if self.mode == "gradient" or self.track_stationarity:
-            pg, z = self._project(J, g, records)
-        if self.mode == "gradient":
-            d = pg + self.gamma * correction
-            for p, di in zip(self.params, self._unflat(d)):
-                if p.grad is None:
-                    p.grad = di.clone()
+            return loss
+        snapshot = self._snapshot()
+        try:
+            if self.mode == "gradient":
+                if closure is not None:
+                    with torch.enable_grad():
+                        loss = closure()
+                g = self._gradient()
+            else:
+                # The optimizer's proposal Δ from the raw gradient; θ goes back to where it was
+                # (through .data, so that the Jacobian below is built at the old θ).
+                if closure is None:
+                    g = self._gradient()  # before the optimizer reads a non-finite gradient
+                    self.optimizer.step()
                 else:
-                    p.grad.copy_(di)
-            del c, J  # the graph of c(θ) is not needed once the optimizer moves θ
-            self.optimizer.step()
-        else:
-            pdelta, _ = self._project(J, delta, records, self._step_metric())
-            lr = torch.cat([torch.full((p.numel(),), float(self._lr[id(p)]), dtype=g.dtype)
-                            for p in self.params])
-            update = pdelta - lr * self.gamma * correction
-            del c, J
-            for p, o, u in zip(self.params, old, self._unflat(update)):
-                p.copy_(o + u)
+                    loss = self.optimizer.step(closure)
+                    g = self._gradient()
+                old = {id(p): data for p, data, _ in snapshot}
+                old = [old[id(p)] for p in self.params]
+                delta = self._flat([p.detach() - o for p, o in zip(self.params, old)])
+                for p, o in zip(self.params, old):
+                    p.data.copy_(o)
+            c, J = self._jacobian()
+            cnorm = float(c.norm())
+            correction = (torch.from_numpy(self._solve(J, c.numpy(), records)).to(g.dtype)
+                          if cnorm > self.feasibility_tol else torch.zeros_like(g))
+            z = pg = None
+            if self.mode == "gradient" or self.track_stationarity:
+                pg, z = self._project(J, g, records)
+            if self.mode == "gradient":
+                self._warn_gradient_mode()
+                # maximize=True ascends along d: the correction must still descend on ‖c‖.
+                sign = self._per_entry([-1.0 if group.get("maximize") else 1.0
+                                        for group in self._groups], g.dtype)
+                d = pg + sign * self.gamma * correction
+                for p, di in zip(self.params, self._unflat(d)):
+                    if p.grad is None:
+                        p.grad = di.clone()
+                    else:
+                        p.grad.copy_(di)
+                del c, J  # the graph of c(θ) is not needed once the optimizer moves θ
+                self.optimizer.step()
+            else:
+                pdelta, _ = self._project(J, delta, records, self._step_metric(g.dtype))
+                lr = self._per_entry([group.get("lr", 0.0) for group in self._groups], g.dtype)
+                update = pdelta - lr * self.gamma * correction
+                del c, J
+                for p, o, u in zip(self.params, old, self._unflat(update)):
+                    p.copy_(o + u)
+        except BaseException:
+            self._restore(snapshot)
+            self._steps -= 1
+            raise
         self.diagnostics = {
             "constraint_norm": cnorm,
             "multipliers": z,
@@ -831,14 +941,23 @@ class NullSpaceOptimizer:
             "istop": [r[0] for r in records],
             "warmup": False,
         }
+        return loss
 
 
 # --- exact projections onto simple sets (for inequality constraints) --------------------------
 
+def _check_finite(name, x):
+    if not torch.isfinite(torch.as_tensor(x)).all():
+        raise ValueError(f"difflsq.torch.{name} is not finite")
+
+
 def project_box(x, lo, hi):
-    """Clamp to lo <= y <= hi."""
-    if not lo <= hi:
+    """Clamp to lo <= y <= hi (numbers or tensors broadcasting with x)."""
+    lo_t, hi_t = torch.as_tensor(lo, dtype=x.dtype), torch.as_tensor(hi, dtype=x.dtype)
+    if torch.isnan(lo_t).any() or torch.isnan(hi_t).any() or not bool((lo_t <= hi_t).all()):
         raise ValueError("difflsq.torch.project_box: need lo <= hi")
+    if torch.is_tensor(lo) or torch.is_tensor(hi):
+        return torch.maximum(torch.minimum(x, hi_t), lo_t)
     return x.clamp(lo, hi)
 
 
@@ -854,6 +973,7 @@ def project_simplex(x, total=1.0):
         raise ValueError("difflsq.torch.project_simplex: total must be finite and > 0")
     if x.dim() != 1 or x.numel() == 0:
         raise ValueError("difflsq.torch.project_simplex: x must be a non-empty 1-D tensor")
+    _check_finite("project_simplex: x", x)
     s, _ = torch.sort(x, descending=True)
     cum = torch.cumsum(s, 0) - total
     ks = torch.arange(1, x.numel() + 1, dtype=x.dtype)
@@ -864,7 +984,8 @@ def project_simplex(x, total=1.0):
 
 def project_ball(x, radius=1.0):
     """The ball ||y|| <= radius."""
-    if radius < 0:
+    if not radius >= 0:
         raise ValueError("difflsq.torch.project_ball: radius must be >= 0")
+    _check_finite("project_ball: x", x)
     n = x.norm()
     return x if n <= radius else x * (radius / n)
