@@ -27,17 +27,21 @@
 // LibTorch (find_package(Torch)).
 #pragma once
 
+#include <torch/csrc/autograd/functions/accumulate_grad.h>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <complex>
 #include <cstring>
 #include <functional>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -334,13 +338,20 @@ template <class Scalar_>
 class TorchCallable {
  public:
   using Scalar = Scalar_;
+  /// Throws std::invalid_argument unless fn is linear in v: A(0) = 0 and the dot test
+  /// ⟨u, A v⟩ = ⟨Aᴴu, v⟩ for one random pair (two products; an affine fn made the solve stop at
+  /// its iteration limit, or return a wrong x at tight tolerances).
   TorchCallable(TorchOperator fn, Index m, Index n, std::vector<torch::Tensor> params)
       : fn_(std::move(fn)), m_(m), n_(n), params_(std::move(params)) {
-    for (auto& p : params_) p = p.detach();
+    // The adjoint needs autograd, also under c10::InferenceMode (where AutoGradMode alone
+    // records nothing: Aᴴ would read as 0 and the solve return x = 0 as converged).
+    c10::InferenceMode no_inference(false);
+    for (auto& p : params_) p = p.is_inference() ? p.clone() : p.detach();
     torch::AutoGradMode on(true);
     v0_ = torch::zeros({n_}, torch::TensorOptions().dtype(torch_dtype<Scalar>()))
               .requires_grad_(true);
     out0_ = call(v0_, params_);
+    if (m_ > 0 && n_ > 0) check_linear();
   }
   Index rows() const { return m_; }
   Index cols() const { return n_; }
@@ -354,6 +365,7 @@ class TorchCallable {
       v.setZero();
       return;
     }
+    c10::InferenceMode no_inference(false);
     torch::AutoGradMode on(true);
     const auto g = torch::autograd::grad({out0_}, {v0_}, {view_tensor<Scalar>(u)},
                                          /*retain_graph=*/true, /*create_graph=*/false,
@@ -365,6 +377,7 @@ class TorchCallable {
   std::vector<torch::Tensor> parameter_gradients(
       const std::vector<std::pair<Vector<Scalar>, Vector<Scalar>>>& terms,
       const std::vector<bool>& wanted) const {
+    c10::InferenceMode no_inference(false);
     torch::AutoGradMode on(true);
     std::vector<torch::Tensor> leaves, targets;
     for (std::size_t i = 0; i < params_.size(); ++i) {
@@ -396,6 +409,7 @@ class TorchCallable {
   Vector<Scalar> derivative(const std::vector<torch::Tensor>& dots,
                             Eigen::Ref<const Vector<Scalar>> w, bool adjoint) const {
     Vector<Scalar> out = Vector<Scalar>::Zero(adjoint ? n_ : m_);
+    c10::InferenceMode no_inference(false);
     torch::AutoGradMode on(true);
     std::vector<torch::Tensor> leaves, moving, tangents;
     for (std::size_t i = 0; i < params_.size(); ++i) {
@@ -430,6 +444,40 @@ class TorchCallable {
   Index m_, n_;
   std::vector<torch::Tensor> params_;
   torch::Tensor v0_, out0_;
+
+  void check_linear() const {
+    const auto y0 = out0_.detach();
+    if (!torch::isfinite(y0).all().item<bool>() || y0.abs().max().item<double>() > 0)
+      throw std::invalid_argument(
+          "difflsq::lstsq: the operator must be linear in v, but A(0) is not 0 (an affine map, "
+          "or non-finite params?)");
+    using Real = RealOf<Scalar>;
+    std::mt19937_64 gen(20260521);  // its own generator: torch's stays as it was
+    std::normal_distribution<Real> normal;
+    auto random = [&](Index size) {
+      Vector<Scalar> r(size);
+      for (auto& e : r) {
+        if constexpr (Eigen::NumTraits<Scalar>::IsComplex)
+          e = Scalar(normal(gen), normal(gen));
+        else
+          e = normal(gen);
+      }
+      return r;
+    };
+    const Vector<Scalar> v = random(n_), u = random(m_);
+    Vector<Scalar> av(m_), atu(n_);
+    apply(v, av);
+    apply_adjoint(u, atu);
+    const Scalar lhs = u.dot(av), rhs = atu.dot(v);  // ⟨u, A v⟩ and ⟨Aᴴu, v⟩
+    const Real scale = u.norm() * av.norm() + atu.norm() * v.norm();
+    if (!(std::abs(lhs - rhs) <= 10 * std::sqrt(Eigen::NumTraits<Real>::epsilon()) * scale)) {
+      std::ostringstream msg;
+      msg << "difflsq::lstsq: the operator must be linear in v, but the dot test fails: "
+             "<u, A v> = "
+          << lhs << ", <A^H u, v> = " << rhs << " for random u, v (A^H u by autograd at v = 0)";
+      throw std::invalid_argument(msg.str());
+    }
+  }
 
   torch::Tensor call(const torch::Tensor& v, const std::vector<torch::Tensor>& params) const {
     const auto y = fn_(v, params);
@@ -698,6 +746,51 @@ inline void check_inputs(const torch::Tensor& a, const torch::Tensor& b,
   if (a.dim() != 2) throw std::invalid_argument("difflsq::lstsq: A must be 2-D");
   dispatch(a.scalar_type(), [](auto) {});
   check_b_and_damp(b, damp, a.size(0), a.scalar_type());
+  if (a.layout() != torch::kStrided)
+    throw std::invalid_argument("difflsq::lstsq: A must be a dense (strided) tensor");
+  if (!torch::isfinite(primal_of(a)).all().item<bool>())
+    throw std::invalid_argument("difflsq::lstsq: A is not finite");
+}
+
+/// The leaves (tensors accumulating a gradient) of y's autograd graph.
+inline std::unordered_set<const void*> graph_leaves(const torch::Tensor& y) {
+  std::unordered_set<const void*> leaves;
+  std::unordered_set<const torch::autograd::Node*> seen;
+  std::vector<torch::autograd::Node*> stack{y.grad_fn().get()};
+  while (!stack.empty()) {
+    auto* f = stack.back();
+    stack.pop_back();
+    if (!f || !seen.insert(f).second) continue;
+    if (auto* acc = dynamic_cast<torch::autograd::AccumulateGrad*>(f))
+      leaves.insert(acc->variable.unsafeGetTensorImpl());
+    for (const auto& edge : f->next_edges()) stack.push_back(edge.function.get());
+  }
+  return leaves;
+}
+
+/// Under grad mode, throws if fn depends on a tensor requiring grad that is not in params
+/// (captured): the solve sees A only through products, so its gradient would be lost. A tensor
+/// made afresh in each call (autograd used inside fn) is not captured: the leaves of two calls
+/// are compared.
+inline void check_not_captured(const TorchOperator& fn, std::array<int64_t, 2> shape,
+                               torch::ScalarType dtype, const std::vector<torch::Tensor>& params) {
+  if (!torch::GradMode::is_enabled() || c10::InferenceMode::is_enabled() || shape[0] == 0 ||
+      shape[1] == 0)
+    return;
+  std::vector<torch::Tensor> primals;
+  for (const auto& p : params) primals.push_back(primal_of(p).detach());
+  auto call = [&] {
+    return fn(torch::zeros({shape[1]}, torch::TensorOptions().dtype(dtype)), primals);
+  };
+  const auto y = call();
+  if (!y.defined() || !y.requires_grad()) return;  // TorchCallable checks what y is
+  const auto first = graph_leaves(y), second = graph_leaves(call());
+  for (const void* leaf : first)
+    if (second.count(leaf))
+      throw std::invalid_argument(
+          "difflsq::lstsq: the operator depends on a tensor that requires grad but is not in "
+          "params (captured by fn, e.g. a module's weights); its gradient would be lost: pass "
+          "it in params, or detach it, or solve under torch::NoGradGuard");
 }
 
 /// The same for a callable.
@@ -712,6 +805,17 @@ inline void check_inputs(const TorchOperator& fn, std::array<int64_t, 2> shape,
   check_b_and_damp(b, damp, shape[0], b.scalar_type());
   for (std::size_t i = 0; i < params.size(); ++i)
     check_tensor(params[i], "params[" + std::to_string(i) + "]");
+  check_not_captured(fn, shape, b.scalar_type(), params);
+}
+
+/// params with inference tensors (constants made under c10::InferenceMode) cloned into normal
+/// ones, which autograd can save for the backward pass.
+inline std::vector<torch::Tensor> saveable(std::vector<torch::Tensor> params) {
+  if (c10::InferenceMode::is_enabled()) return params;
+  c10::InferenceMode no_inference(false);
+  for (auto& p : params)
+    if (p.is_inference()) p = p.clone();
+  return params;
 }
 
 /// The tangents of request checked against the inputs they belong to (damp's reshaped to 0-d).
@@ -809,19 +913,25 @@ inline torch::Tensor lstsq(const torch::Tensor& a, const torch::Tensor& b,
 inline torch::Tensor lstsq(const torch::Tensor& a, const torch::Tensor& b, double damp = 0,
                            const TorchLstsqOptions& options = {}) {
   detail::check_tensor(a, "A");
-  return lstsq(a, b, torch::full({}, damp, a.options().dtype(c10::toRealValueType(a.scalar_type()))),
-               options);
+  return lstsq(
+      a, b,
+      torch::full({}, damp, torch::TensorOptions().dtype(c10::toRealValueType(a.scalar_type()))),
+      options);
 }
 
 /// The same for a matrix-free A(θ) of shape {m, n}: fn(v, params) = A(params)·v. The dtype is
 /// b's; gradients reach b, damp and the tensors in params that require one, and tangents of
-/// b, damp and params (dual tensors) give a dual x. fn must not capture tensors with tangents.
+/// b, damp and params (dual tensors) give a dual x. fn must not capture tensors with tangents,
+/// nor (under grad mode) tensors that require grad; fn that is not linear in v (A(0) ≠ 0, or a
+/// failed dot test on one random pair) is std::invalid_argument. Works under c10::InferenceMode
+/// (the adjoint products still use autograd).
 inline torch::Tensor lstsq(const TorchOperator& fn, std::array<int64_t, 2> shape,
                            const torch::Tensor& b, const torch::Tensor& damp,
-                           const std::vector<torch::Tensor>& params = {},
+                           const std::vector<torch::Tensor>& params_in = {},
                            const TorchLstsqOptions& options = {}) {
   using detail::is_dual, detail::primal_of, detail::tangent_of;
-  detail::check_inputs(fn, shape, b, damp, params);
+  detail::check_inputs(fn, shape, b, damp, params_in);
+  const auto params = detail::saveable(params_in);
   const bool dual_params = std::any_of(params.begin(), params.end(), is_dual);
   if (!is_dual(b) && !is_dual(damp) && !dual_params)
     return LstsqCallableFunction::apply(b, damp.reshape({}), torch::TensorList(params), fn, shape,
@@ -866,10 +976,11 @@ inline std::pair<torch::Tensor, torch::Tensor> lstsq_jvp(
 /// undefined or missing: zero).
 inline std::pair<torch::Tensor, torch::Tensor> lstsq_jvp(
     const TorchOperator& fn, std::array<int64_t, 2> shape, const torch::Tensor& b,
-    const torch::Tensor& damp, const std::vector<torch::Tensor>& params,
+    const torch::Tensor& damp, const std::vector<torch::Tensor>& params_in,
     const std::vector<torch::Tensor>& params_dot, const torch::Tensor& b_dot,
     const torch::Tensor& damp_dot, const TorchLstsqOptions& options = {}) {
-  detail::check_inputs(fn, shape, b, damp, params);
+  detail::check_inputs(fn, shape, b, damp, params_in);
+  const auto params = detail::saveable(params_in);
   detail::check_not_dual(b, "b");
   detail::check_not_dual(damp, "damp");
   for (std::size_t i = 0; i < params.size(); ++i)

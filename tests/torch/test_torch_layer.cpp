@@ -275,6 +275,74 @@ DOCTEST_TEST_CASE("LibTorch layer: a callable A(theta), gradients reach its para
   DOCTEST_CHECK(close(af.grad().to(torch::kDouble), a2.grad(), 1e-3, 1e-4));
 }
 
+DOCTEST_TEST_CASE("LibTorch layer: callables under InferenceMode, captured tensors, affine maps") {
+  torch::manual_seed(11);
+  const auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  const auto a0 = torch::randn({9, 4}, opts) + torch::eye(9, 4, opts);
+  const auto b0 = torch::randn({9}, opts);
+  const auto d = torch::full({}, 0.2, opts);
+  const auto ref = dense_formula(a0, b0, d);
+  difflsq::TorchLstsqOptions o;
+  o.forward = {1e-12, 1e-12, 0, 500};
+  auto matvec = [](const torch::Tensor& v, const std::vector<torch::Tensor>& p) {
+    return p[0].mv(v);
+  };
+  {  // The adjoint by autograd must work under InferenceMode (it returned x = 0, "converged").
+    c10::InferenceMode guard;
+    const auto x = difflsq::lstsq(matvec, {9, 4}, b0, 0.2, {a0}, o);
+    DOCTEST_CHECK(close(x, ref, 1e-9, 1e-11));
+  }
+  torch::Tensor a_inf;
+  {
+    c10::InferenceMode guard;
+    a_inf = a0.clone();  // an inference tensor, used outside: a constant of the solve
+  }
+  auto b = b0.clone().requires_grad_(true);
+  const auto x = difflsq::lstsq(matvec, {9, 4}, b, 0.2, {a_inf}, o);
+  DOCTEST_CHECK(close(x.detach(), ref, 1e-9, 1e-11));
+  x.sum().backward();
+  DOCTEST_CHECK(b.grad().defined());
+  // A captured tensor that requires grad: an error, not a gradient silently lost.
+  const auto w = a0.clone().requires_grad_(true);
+  auto captured = [w](const torch::Tensor& v, const std::vector<torch::Tensor>&) {
+    return w.mv(v);
+  };
+  DOCTEST_CHECK_THROWS_WITH_AS(difflsq::lstsq(captured, {9, 4}, b0, 0.2, {}, o),
+                               doctest::Contains("not in params"), std::invalid_argument);
+  {  // without grad mode the captured tensor is a constant
+    torch::NoGradGuard off;
+    DOCTEST_CHECK(close(difflsq::lstsq(captured, {9, 4}, b0, 0.2, {}, o), ref, 1e-9, 1e-11));
+  }
+  // A tensor made afresh in each call is not captured.
+  auto fresh = [&a0](const torch::Tensor& v, const std::vector<torch::Tensor>&) {
+    return a0.clone().requires_grad_(true).mv(v);
+  };
+  DOCTEST_CHECK(close(difflsq::lstsq(fresh, {9, 4}, b0, 0.2, {}, o).detach(), ref, 1e-9, 1e-11));
+  // Not linear in v: an affine map (A(0) ≠ 0) and a nonlinear one (the dot test).
+  const auto c = torch::randn({9}, opts);
+  auto affine = [c](const torch::Tensor& v, const std::vector<torch::Tensor>& p) {
+    return p[0].mv(v) + c;
+  };
+  DOCTEST_CHECK_THROWS_WITH_AS(difflsq::lstsq(affine, {9, 4}, b0, 0.2, {a0}, o),
+                               doctest::Contains("A(0) is not 0"), std::invalid_argument);
+  auto cubic = [](const torch::Tensor& v, const std::vector<torch::Tensor>& p) {
+    return p[0].mv(v * v * v);
+  };
+  DOCTEST_CHECK_THROWS_WITH_AS(difflsq::lstsq(cubic, {9, 4}, b0, 0.2, {a0}, o),
+                               doctest::Contains("dot test"), std::invalid_argument);
+  // A non-finite A is bad input under every failure policy (was a SolveError, or x = 0).
+  auto a_nan = a0.clone();
+  a_nan[2][1] = std::nan("");
+  for (const auto policy : {difflsq::FailurePolicy::Raise, difflsq::FailurePolicy::Ignore}) {
+    difflsq::TorchLstsqOptions op = o;
+    op.on_failure = policy;
+    DOCTEST_CHECK_THROWS_WITH_AS(difflsq::lstsq(a_nan, b0, 0.2, op),
+                                 "difflsq::lstsq: A is not finite", std::invalid_argument);
+  }
+  DOCTEST_CHECK_THROWS_WITH_AS(difflsq::lstsq(a0.to_sparse(), b0, 0.2, o),
+                               doctest::Contains("dense (strided)"), std::invalid_argument);
+}
+
 DOCTEST_TEST_CASE("LibTorch layer: empty problems (m = 0 or n = 0) give empty or zero results") {
   const auto opts = torch::TensorOptions().dtype(torch::kDouble);
   const difflsq::TorchOperator zero_map = [](const torch::Tensor& v,
