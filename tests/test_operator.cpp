@@ -149,7 +149,7 @@ TEST_CASE("ThreadChoice keeps the faster version of a product and tries the othe
   };
   detail::ThreadChoice choice;
   CHECK(choice.parallel());  // the first calls run in parallel
-  double slow_parallel = 500, slow_serial = 50;
+  double slow_parallel = 200, slow_serial = 20;
   int parallel_calls = 0;
   const auto call = [&] {
     return choice.run([&](bool parallel) {
@@ -159,10 +159,10 @@ TEST_CASE("ThreadChoice keeps the faster version of a product and tries the othe
     });
   };
   for (int k = 0; k < 400; ++k) call();
-  // Parallel 10× slower: after the first interval (16 calls) and a trial it runs on one thread,
-  // trying parallel again a few times (each trial ends after its first call).
+  // Parallel 10× slower: after the first interval and a trial it runs on one thread, trying
+  // parallel again now and then (each trial ends after its second call).
   CHECK(!choice.parallel());
-  CHECK(parallel_calls <= 16 + 10);
+  CHECK(parallel_calls <= detail::ThreadChoice::kMinInterval + 10);
   // The load goes away: parallel is 10× faster. The next trial switches back.
   std::swap(slow_parallel, slow_serial);
   int calls = 0;

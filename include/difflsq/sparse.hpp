@@ -45,23 +45,28 @@ inline constexpr Index kParallelNonzeros = 50000;
 namespace detail {
 
 /// Chooses between the parallel and the one-thread version of one kind of product by timing
-/// them. Every call is timed. After `interval` calls of the current version, up to kTrial calls
-/// run the other one; if their mean time is below the mean of those `interval` calls, the other
-/// version becomes current and the interval restarts at kMinInterval. Otherwise the trial ends
-/// as soon as it cannot win, and the interval doubles (up to kMaxInterval) and is at least
-/// kAmortize times the trial's cost in calls of the current version, so that trials take at
-/// most about 1/kAmortize of the time even when the other version is 100× slower.
+/// them. Every call is timed. After `interval` calls of the current version, a trial runs up to
+/// kTrial calls of the other one; its first call is not compared (a parallel region after a
+/// run of one-thread calls first wakes its sleeping threads). If the mean of the others is
+/// below kSwitch times the mean of those `interval` calls, the other version becomes current
+/// and the interval restarts at kMinInterval. Otherwise the trial ends as soon as it cannot
+/// win, and the interval doubles (up to kMaxInterval) and is at least kAmortize times the
+/// trial's cost in calls of the current version, so that trials take at most about 1/kAmortize
+/// of the time even when the other version is 100× slower.
 ///
 /// On an idle machine the parallel version stays current. On a machine whose cores other
 /// processes hold, a parallel region waits at its barriers for whichever of its threads is
 /// descheduled while OpenMP's spinning threads take time from the others: an LSQR solve on a
 /// random 20000 × 5000 matrix with 60000 nonzeros, with two threads on two cores that two
-/// compilers also used, took 120× the one-thread time (docs/benchmarks.md, "Loaded machine").
-/// Means, not minima: a parallel call is fast when both threads happen to hold a core, and the
-/// fastest of a few such calls says nothing of the typical one.
+/// compilers also used, took 120× the one-thread time (docs/benchmarks.md, "A loaded
+/// machine"). Means, not minima, and long trials: there a parallel call is fast when both
+/// threads happen to hold a core and 100× slower when one waits for a time slice; a few calls
+/// miss that tail (trials of 4 switched to parallel and back, 3.5× the one-thread time). A
+/// long trial of a slower version ends early, so its length costs little.
 class ThreadChoice {
  public:
-  static constexpr int kTrial = 4, kMinInterval = 16, kMaxInterval = 1024, kAmortize = 32;
+  static constexpr int kTrial = 17, kMinInterval = 64, kMaxInterval = 1024, kAmortize = 32;
+  static constexpr double kSwitch = 0.9;
 
   /// f(parallel) runs the product; returns what f returns.
   template <class F>
@@ -76,12 +81,15 @@ class ThreadChoice {
       ++done_;
       return result;
     }
-    other_ += seconds;
-    ++tried_;
     const double mean = current_ / done_;
-    if (other_ >= kTrial * mean) {  // the trial's mean cannot end below `mean`: keep the version
-      const double cost = other_ / std::max(mean, 1e-9);  // in calls of the current version
-      const double amortized = std::min(kAmortize * cost, 1e9);
+    cost_ += seconds;
+    if (tried_++ > 0) compared_ += seconds;
+    // Can the compared calls' mean still end below kSwitch·mean? (The first call alone may
+    // also rule the trial out: 4·kTrial times the current mean is no wake-up.)
+    const double allowed = kSwitch * mean * (kTrial - 1);
+    if (compared_ >= allowed || cost_ >= 4 * kTrial * mean) {
+      const double calls = cost_ / std::max(mean, 1e-12);  // the trial, in current calls
+      const double amortized = std::min(kAmortize * calls, 1e9);
       interval_ = std::max(std::min(2 * interval_, kMaxInterval), static_cast<int>(amortized));
       restart();
     } else if (tried_ == kTrial) {  // the other version was faster
@@ -96,13 +104,15 @@ class ThreadChoice {
 
  private:
   void restart() {
-    current_ = other_ = 0;
+    current_ = cost_ = compared_ = 0;
     done_ = tried_ = 0;
   }
 
   bool parallel_ = true;
   int interval_ = kMinInterval, done_ = 0, tried_ = 0;
-  double current_ = 0, other_ = 0;  // seconds: the `done_` calls, the `tried_` trial calls
+  double current_ = 0;   // seconds of the `done_` calls of the current version
+  double cost_ = 0;      // seconds of the `tried_` trial calls
+  double compared_ = 0;  // the same without the trial's first call
 };
 
 }  // namespace detail
