@@ -1057,3 +1057,53 @@ TEST_CASE("layer: a (G12) solve at its iteration limit falls back to the split")
     }
   }
 }
+
+TEST_CASE("layer: float jvp through (G12) for a rank-deficient A and small damping") {
+  // Float rounding swamps the one (G12) solve when ẋ has a large part along N(A)/λ²: ẋ was off
+  // by 3e-4 (CGLS) to 1e-2 (LSMR) with a converged status, while backward fell back to the
+  // split. Reference: the SVD in double of the same float data.
+  const Index m = 30, n = 12;
+  std::mt19937_64 gen(42);
+  std::normal_distribution<double> normal;
+  const auto gaussian = [&](Index rows, Index cols) {
+    return Mat(Mat::NullaryExpr(rows, cols, [&] { return normal(gen); }));
+  };
+  const Mat q1 = gaussian(m, m).householderQr().householderQ();
+  const Mat q2 = gaussian(n, n).householderQr().householderQ();
+  Mat sigma = Mat::Zero(m, n);
+  for (Index i = 0; i < n; ++i) sigma(i, i) = std::pow(10.0, -2.0 * double(i) / double(n - 1));
+  Eigen::MatrixXf a = (q1 * sigma * q2.transpose()).cast<float>();
+  for (Index j = 0; j < 4; ++j) a.col(n - 1 - j) = a.col(j);  // rank 8
+  const Eigen::VectorXf b = gaussian(m, 1).cast<float>();
+  const Eigen::MatrixXf da = gaussian(m, n).cast<float>();
+  const Mat ad = a.cast<double>();
+  Eigen::JacobiSVD<Mat> svd(ad, Eigen::ComputeThinU | Eigen::ComputeThinV);
+  const double lam = 1e-5;
+  Vec inv = Vec::Zero(n), gain = Vec::Zero(n);
+  for (Index i = 0; i < n; ++i) {
+    const double s = svd.singularValues()[i] > 1e-10 ? svd.singularValues()[i] : 0.0;
+    inv[i] = 1 / (s * s + lam * lam);
+    gain[i] = s * inv[i];
+  }
+  const Mat& u = svd.matrixU();
+  const Mat& v = svd.matrixV();
+  const Vec x = v * gain.asDiagonal() * u.transpose() * b.cast<double>();
+  const Vec r = b.cast<double>() - ad * x;
+  const Vec g = ad.transpose() * (-(da.cast<double>() * x)) + da.cast<double>().transpose() * r;
+  const Vec xdot = v * inv.asDiagonal() * v.transpose() * g;
+  for (Method method : kMethods) {
+    CAPTURE(name(method));
+    LeastSquaresOptions<float> o;
+    o.method = method;
+    o.forward = {.atol = 1e-7f, .btol = 1e-7f};  // clamped to float's reach
+    o.on_failure = FailurePolicy::Ignore;
+    LeastSquares<float> layer(o);
+    auto op = parameterized(a);
+    auto fwd = layer.forward(op, b, float(lam));
+    const Eigen::VectorXf theta_dot = Eigen::Map<const Eigen::VectorXf>(da.data(), da.size());
+    const auto t = layer.jvp(fwd, {.theta = theta_dot});
+    CHECK(t.converged());
+    const Vec xdot_float = t.x.cast<double>();
+    CHECK(rel(xdot_float, xdot) < 5e-5);
+  }
+}

@@ -162,7 +162,7 @@ TEST_CASE("ThreadChoice keeps the faster version of a product and tries the othe
   // Parallel 10× slower: after the first interval and a trial it runs on one thread, trying
   // parallel again now and then (each trial ends after its second call).
   CHECK(!choice.parallel());
-  CHECK(parallel_calls <= detail::ThreadChoice::kMinInterval + 10);
+  CHECK(parallel_calls <= detail::ThreadChoice::kFirstInterval + 10);
   // The load goes away: parallel is 10× faster. The next trial switches back.
   std::swap(slow_parallel, slow_serial);
   int calls = 0;
@@ -173,7 +173,7 @@ TEST_CASE("ThreadChoice keeps the faster version of a product and tries the othe
   CHECK(choice.parallel());
   parallel_calls = 0;
   for (int k = 0; k < 400; ++k) call();
-  CHECK(parallel_calls >= 400 - 2 * detail::ThreadChoice::kTrial);
+  CHECK(parallel_calls >= 400 - 2 * (detail::ThreadChoice::kToSerial + 1));
 }
 
 TEST_CASE("CompressedOperator with automatic threads: products equal Eigen's in both versions") {

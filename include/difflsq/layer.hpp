@@ -382,8 +382,11 @@ class LeastSquares {
       a.apply_adjoint(c, rhs);
       rhs -= (2 * lam * dlam) * f.x;
       if (moving) rhs += ad_r;
-      if (const auto w = normal_solve("jvp: min-norm [A^T damp I] w = A^T c + w", a, rhs, lam,
-                                      tol, out.solves)) {
+      // As in backward: when rounding swamps the solve (float, a rank-deficient A, a small λ:
+      // ẋ was 1e-2 off with a converged status), the split below finds the null-space part.
+      const auto w =
+          normal_solve("jvp: min-norm [A^T damp I] w = A^T c + w", a, rhs, lam, tol, out.solves);
+      if (w && !swamped(*w, m, lam, out.solves.back().report.anorm, f)) {
         out.x = w->tail(n) / lam;
         return out;
       }

@@ -133,7 +133,9 @@ struct Options {
   /// Initial guess (length n). Damping then acts on x − x0, as in SciPy.
   std::optional<Vector<Scalar>> x0{};
   /// Right preconditioner: positive column scaling d (length n), x = x0 + diag(d)·y. The
-  /// solution of (1) does not change (damping keeps acting on x − x0); only convergence does.
+  /// solution of (1) with λ > 0 does not change (damping keeps acting on x − x0); only
+  /// convergence does. With λ = 0 and many solutions (wide or rank-deficient A) the result is
+  /// the one with the smallest ‖diag(d)⁻¹(x − x0)‖, not ‖x − x0‖ (docs/solvers.md).
   std::optional<Vector<Real>> column_scaling{};
   /// LSQR only: also estimate diag((ĀᴴĀ)⁻¹) in Result::var, as SciPy's calc_var (one more
   /// vector update per iteration).

@@ -2,7 +2,8 @@
 //
 // With d_j = 1/‖A e_j‖ every column of A·diag(d) has unit norm, which often removes most of the
 // ill-conditioning that comes from units and scales. Pass the result as
-// Options::column_scaling; the solution of the (damped) problem does not change.
+// Options::column_scaling; the solution of a damped problem, or of one with a unique solution,
+// does not change (undamped with many solutions: the smallest ‖D⁻¹(x − x0)‖, docs/solvers.md).
 #pragma once
 
 #include <Eigen/Core>

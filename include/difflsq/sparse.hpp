@@ -45,27 +45,32 @@ inline constexpr Index kParallelNonzeros = 50000;
 namespace detail {
 
 /// Chooses between the parallel and the one-thread version of one kind of product by timing
-/// them. Every call is timed. After `interval` calls of the current version, a trial runs up to
-/// kTrial calls of the other one; its first call is not compared (a parallel region after a
-/// run of one-thread calls first wakes its sleeping threads). If the mean of the others is
-/// below kSwitch times the mean of those `interval` calls, the other version becomes current
-/// and the interval restarts at kMinInterval. Otherwise the trial ends as soon as it cannot
-/// win, and the interval doubles (up to kMaxInterval) and is at least kAmortize times the
-/// trial's cost in calls of the current version, so that trials take at most about 1/kAmortize
-/// of the time even when the other version is 100× slower.
+/// them. Every call is timed. After `interval` calls of the current version (kFirstInterval
+/// the first time), a trial runs calls of the other one: 1 + kToSerial of the one-thread
+/// version, 1 + kToParallel of the parallel one. Its first call is not compared (a parallel
+/// region after a run of one-thread calls first wakes its sleeping threads). If the mean of
+/// the others is below kSwitch times the mean of those `interval` calls, the other version
+/// becomes current and the interval restarts at kMinInterval. Otherwise the trial ends as soon
+/// as it cannot win, and the interval doubles (up to kMaxInterval) and is at least kAmortize
+/// times the trial's cost in calls of the current version, so that trials take at most about
+/// 1/kAmortize of the time even when the other version is 100× slower.
 ///
-/// On an idle machine the parallel version stays current. On a machine whose cores other
-/// processes hold, a parallel region waits at its barriers for whichever of its threads is
-/// descheduled while OpenMP's spinning threads take time from the others: an LSQR solve on a
-/// random 20000 × 5000 matrix with 60000 nonzeros, with two threads on two cores that two
-/// compilers also used, took 120× the one-thread time (docs/benchmarks.md, "A loaded
-/// machine"). Means, not minima, and long trials: there a parallel call is fast when both
-/// threads happen to hold a core and 100× slower when one waits for a time slice; a few calls
-/// miss that tail (trials of 4 switched to parallel and back, 3.5× the one-thread time). A
-/// long trial of a slower version ends early, so its length costs little.
+/// On an idle machine the parallel version stays current; the one early trial costs a short
+/// solve about three calls' difference (the first trial comes early because a solve of 50
+/// iterations, as bench/compare_scipy.py's, would otherwise never get one). On a machine whose
+/// cores other processes hold, a parallel region waits at its barriers for whichever of its
+/// threads is descheduled while OpenMP's spinning threads take time from the others: an LSQR
+/// solve on a random 20000 × 5000 matrix with 60000 nonzeros, with two threads on two cores
+/// that two compilers also used, took 120× the one-thread time (docs/benchmarks.md, "A loaded
+/// machine"). Means, not minima, and long trials of the parallel version: there a parallel call
+/// is fast when both threads happen to hold a core and 100× slower when one waits for a time
+/// slice; a few calls miss that tail (trials of 4 switched to parallel and back, 3.5× the
+/// one-thread time). A trial of a slower version ends early, so its length costs little.
 class ThreadChoice {
  public:
-  static constexpr int kTrial = 17, kMinInterval = 64, kMaxInterval = 1024, kAmortize = 32;
+  static constexpr int kToSerial = 4, kToParallel = 16;
+  static constexpr int kFirstInterval = 8, kMinInterval = 64, kMaxInterval = 1024;
+  static constexpr int kAmortize = 32;
   static constexpr double kSwitch = 0.9;
 
   /// f(parallel) runs the product; returns what f returns.
@@ -82,17 +87,18 @@ class ThreadChoice {
       return result;
     }
     const double mean = current_ / done_;
+    const int compare = parallel_ ? kToSerial : kToParallel;  // calls compared in this trial
     cost_ += seconds;
     if (tried_++ > 0) compared_ += seconds;
     // Can the compared calls' mean still end below kSwitch·mean? (The first call alone may
-    // also rule the trial out: 4·kTrial times the current mean is no wake-up.)
-    const double allowed = kSwitch * mean * (kTrial - 1);
-    if (compared_ >= allowed || cost_ >= 4 * kTrial * mean) {
+    // also rule the trial out: 4·(compare + 1) times the current mean is no wake-up.)
+    if (compared_ >= kSwitch * mean * compare || cost_ >= 4 * (compare + 1) * mean) {
       const double calls = cost_ / std::max(mean, 1e-12);  // the trial, in current calls
       const double amortized = std::min(kAmortize * calls, 1e9);
-      interval_ = std::max(std::min(2 * interval_, kMaxInterval), static_cast<int>(amortized));
+      interval_ = std::max(std::clamp(2 * interval_, kMinInterval, kMaxInterval),
+                           static_cast<int>(amortized));
       restart();
-    } else if (tried_ == kTrial) {  // the other version was faster
+    } else if (tried_ == compare + 1) {  // the other version was faster
       parallel_ = !parallel_;
       interval_ = kMinInterval;
       restart();
@@ -109,7 +115,7 @@ class ThreadChoice {
   }
 
   bool parallel_ = true;
-  int interval_ = kMinInterval, done_ = 0, tried_ = 0;
+  int interval_ = kFirstInterval, done_ = 0, tried_ = 0;
   double current_ = 0;   // seconds of the `done_` calls of the current version
   double cost_ = 0;      // seconds of the `tried_` trial calls
   double compared_ = 0;  // the same without the trial's first call
