@@ -881,7 +881,9 @@ class NullSpaceOptimizer:
                                 "projected_grad_norm": None, "iterations": [], "istop": [],
                                 "warmup": True}
             return loss
-        snapshot = self._snapshot()
+        # Step mode moves θ and the optimizer's state before its solves; gradient mode changes
+        # nothing until its last line, the optimizer's own step.
+        snapshot = self._snapshot() if self.mode == "step" else []
         try:
             if self.mode == "gradient":
                 if closure is not None:
