@@ -141,6 +141,67 @@ TEST_CASE("null-space step in a metric D against the dense oblique projection") 
   CHECK_THROWS_AS((void)step(con, theta, v, Vec(metric.head(5))), std::invalid_argument);
 }
 
+TEST_CASE("null-space solves equilibrate rows of J of very different norms") {
+  std::mt19937_64 gen(31);
+  std::uniform_real_distribution<double> unif(0, 1);
+  SUBCASE("estimate_column_norms") {
+    // One nonzero per column: exact. Dense columns over six decades: within a factor of 3.
+    Mat sel = Mat::Zero(50, 15);
+    for (Index j = 0; j < 15; ++j) sel(3 * j + 1, j) = std::pow(10.0, 4 * unif(gen) - 2);
+    const Vec exact = sel.colwise().norm().transpose();
+    CHECK((estimate_column_norms(sel) - exact).norm() <= 1e-14 * exact.norm());
+    Mat dense = random_mat(300, 20, 32);
+    for (Index j = 0; j < 20; ++j) dense.col(j) *= std::pow(10.0, 6.0 * j / 19 - 3);
+    const Vec ratio =
+        estimate_column_norms(dense).cwiseQuotient(dense.colwise().norm().transpose());
+    CHECK(ratio.minCoeff() > 1.0 / 3);
+    CHECK(ratio.maxCoeff() < 3);
+    CHECK_THROWS_AS((void)estimate_column_norms(dense, 0), std::invalid_argument);
+  }
+  SUBCASE("rows over eight decades, against dense formulas") {
+    // Without equilibration every solve reached its iteration limit (SolveError).
+    const Index k = 60, p = 400;
+    Mat c = Mat::Zero(k, p);
+    for (Index i = 0; i < k; ++i) {
+      for (Index j = 0; j < p; ++j)
+        if (unif(gen) < 0.02) c(i, j) = 2 * unif(gen) - 1;
+      c(i, (7 * i) % p) = 1;  // no zero row
+      c.row(i) *= std::pow(10.0, -4 + 8.0 * i / (k - 1));
+    }
+    const Vec d = random_vec(k, 33), theta = random_vec(p, 34), g = random_vec(p, 35);
+    const LinearConstraint con(c, d);
+    NullSpaceOptions<double> o;
+    o.tolerances = {.atol = 1e-12, .btol = 1e-12, .conlim = 0};
+    NullSpaceStep<double> step(o);
+    const auto r = step(con, theta, g);
+    CHECK(r.converged());
+    const Mat pinv = c.completeOrthogonalDecomposition().pseudoInverse();
+    const Vec z = pinv.transpose() * g, delta = pinv * (c * theta - d);
+    CHECK((r.multipliers - z).norm() < 1e-8 * z.norm());
+    CHECK((r.projected - (g - c.transpose() * z)).norm() < 1e-8 * g.norm());
+    CHECK((r.correction - delta).norm() < 1e-8 * delta.norm());
+    for (const auto& s : r.solves) CHECK(s.report.iterations < 60);
+  }
+  SUBCASE("a selection in a metric spread over six decades (Adam's)") {
+    // P_D v zeroes the selected entries whatever D; S·Jᵀ has orthonormal columns once
+    // equilibrated, so the solve ends one or two iterations after the 8-iteration trial.
+    const Index k = 200, p = 500;
+    Mat c = Mat::Zero(k, p);
+    for (Index i = 0; i < k; ++i) c(i, (13 * i) % p) = 1;
+    Vec metric(p);
+    for (Index j = 0; j < p; ++j) metric[j] = std::pow(10.0, 6 * unif(gen) - 3);
+    const Vec v = random_vec(p, 36);
+    const LinearConstraint con(c, Vec::Zero(k));
+    NullSpaceStep<double> step(tight());
+    const auto r = step(con, Vec::Zero(p), v, metric);
+    CHECK(r.converged());
+    CHECK(r.solves.back().report.iterations <= 10);
+    Vec ref = v;
+    for (Index i = 0; i < k; ++i) ref[(13 * i) % p] = 0;
+    CHECK((r.projected - ref).norm() < 1e-12 * v.norm());
+  }
+}
+
 TEST_CASE("constrained Adam keeps linear constraints to 1e-6 and converges to the KKT point") {
   const Index k = 5, p = 30;
   const Mat c = random_mat(k, p, 12);

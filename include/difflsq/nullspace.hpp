@@ -31,6 +31,7 @@
 #include "layer.hpp"
 #include "method.hpp"
 #include "operator.hpp"
+#include "preconditioner.hpp"
 
 namespace difflsq {
 
@@ -116,25 +117,26 @@ auto make_constraint(Index k, Index p, Value value, Jac jac, JacT jac_t) {
 }
 
 namespace detail {
-/// S Jᵀ (P × k) for S = diag(s): the operator of the projection in the metric D = S⁻².
-template <class Jac>
-class ScaledAdjoint {
+/// diag(s)·A: S Jᵀ, the operator of the projection in the metric D = S⁻², and the row-equilibrated
+/// J of a slow correction solve.
+template <LinearOperator Op>
+class RowScaled {
  public:
-  using Scalar = typename Jac::Scalar;
-  ScaledAdjoint(const Jac& jac, const Vector<Scalar>& s) : jac_(&jac), s_(&s), tmp_(s.size()) {}
-  Index rows() const { return jac_->cols(); }
-  Index cols() const { return jac_->rows(); }
-  void apply(Eigen::Ref<const Vector<Scalar>> mu, Eigen::Ref<Vector<Scalar>> y) const {
-    jac_->apply_adjoint(mu, y);
+  using Scalar = typename Op::Scalar;
+  RowScaled(const Op& a, const Vector<Scalar>& s) : a_(&a), s_(&s), tmp_(s.size()) {}
+  Index rows() const { return a_->rows(); }
+  Index cols() const { return a_->cols(); }
+  void apply(Eigen::Ref<const Vector<Scalar>> x, Eigen::Ref<Vector<Scalar>> y) const {
+    a_->apply(x, y);
     y.array() *= s_->array();
   }
   void apply_adjoint(Eigen::Ref<const Vector<Scalar>> u, Eigen::Ref<Vector<Scalar>> w) const {
     tmp_ = s_->cwiseProduct(u);
-    jac_->apply(tmp_, w);
+    a_->apply_adjoint(tmp_, w);
   }
 
  private:
-  const Jac* jac_;
+  const Op* a_;
   const Vector<Scalar>* s_;
   mutable Vector<Scalar> tmp_;  // allocated once, with the operator
 };
@@ -239,7 +241,7 @@ class NullSpaceStep {
     out.constraint_norm = c.norm();
     out.correction = Vector<Scalar>::Zero(con.parameters());
     if (out.constraint_norm > 0)  // δ = J⁺c: the minimum-norm solution of Jδ = c
-      out.correction = run("correction: min |J d - c|", jac, c, out.solves);
+      out.correction = run("correction: min |J d - c|", jac, c, out.solves, Side::Rows);
     out.direction = out.projected + opts_.gamma * out.correction;
     return out;
   }
@@ -251,15 +253,17 @@ class NullSpaceStep {
     if (!metric) {
       // z = argmin ‖Jᵀz − v‖ (tall, k unknowns); its residual is Pv.
       const AdjointOperator<Jac> jt(jac);
-      out.multipliers = run("projection: min |J^T z - v|", jt, v, out.solves);
+      out.multipliers = run("projection: min |J^T z - v|", jt, v, out.solves, Side::Columns);
       jac.apply_adjoint(out.multipliers, out.projected);
       out.projected = v - out.projected;
     } else {
       // μ = argmin ‖S Jᵀμ − S⁻¹v‖ with S = D^{-1/2}; P_D v = v − S²Jᵀμ.
       const Vector<Scalar> s = metric->cwiseSqrt().cwiseInverse();
-      const detail::ScaledAdjoint<Jac> sjt(jac, s);
+      const AdjointOperator<Jac> jt(jac);
+      const detail::RowScaled<AdjointOperator<Jac>> sjt(jt, s);
       const Vector<Scalar> rhs = v.cwiseQuotient(s);
-      out.multipliers = run("projection: min |D^-1/2 (J^T mu - D v)|", sjt, rhs, out.solves);
+      out.multipliers =
+          run("projection: min |D^-1/2 (J^T mu - D v)|", sjt, rhs, out.solves, Side::Columns);
       jac.apply_adjoint(out.multipliers, out.projected);
       out.projected = v - s.cwiseAbs2().cwiseProduct(out.projected);
     }
@@ -279,16 +283,58 @@ class NullSpaceStep {
       throw std::invalid_argument("difflsq::NullSpaceStep: theta or v is not finite");
   }
 
+  // Rows of J of very different norms — constraints in different units, or a metric spread
+  // over decades as Adam's is — slow the solves down (a selection J under Adam's metric took
+  // thousands of iterations). A solve that has not converged after kTrial iterations goes on
+  // from where it stopped with J's rows equilibrated: the columns of Jᵀ or S·Jᵀ (Side::Columns,
+  // the right preconditioner; the multipliers are then the solution of smallest scaled norm
+  // when J is rank-deficient) or the rows of J (Side::Rows; the same solution where Jδ = c is
+  // consistent). Their norms are estimated from kProbes products, and used only when they
+  // differ by more than a factor of kSpread, above the estimate's noise (docs/nullspace.md).
+  static constexpr Index kTrial = 8;
+  static constexpr int kProbes = 8;
+  static constexpr Real kSpread = 10;
+  enum class Side { Columns, Rows };
+
   template <LinearOperator Op>
   Vector<Scalar> run(const char* role, const Op& op, Eigen::Ref<const Vector<Scalar>> rhs,
-                     std::vector<SolveRecord<Real>>& log) {
+                     std::vector<SolveRecord<Real>>& log, Side side) {
     Options<Scalar> o;
     o.atol = opts_.tolerances.atol;
     o.btol = opts_.tolerances.btol;
     o.conlim = opts_.tolerances.conlim;
-    o.max_iterations = opts_.tolerances.max_iterations;
+    const Index limit = opts_.tolerances.max_iterations > 0
+                            ? opts_.tolerances.max_iterations
+                            : default_max_iterations(opts_.method, op.rows(), op.cols());
+    o.max_iterations = std::min(limit, kTrial);
     Workspace<Scalar>& ws = op.rows() >= op.cols() ? ws_tall_ : ws_wide_;
-    const auto report = solve(opts_.method, ws, op, rhs, o);
+    auto report = solve(opts_.method, ws, op, rhs, o);
+    if (report.status == Status::IterationLimit && report.iterations < limit) {
+      const Report<Real> trial = report;
+      o.max_iterations = limit - trial.iterations;
+      o.x0 = ws.x;
+      Vector<Real> norms = side == Side::Columns ? estimate_column_norms(op, kProbes)
+                                                 : estimate_column_norms(adjoint(op), kProbes);
+      const Real big = norms.maxCoeff();
+      const Real small = (norms.array() > 0).select(norms.array(), big).minCoeff();
+      if (!(big > kSpread * small)) {  // comparable norms: go on unscaled
+        report = solve(opts_.method, ws, op, rhs, o);
+      } else if (side == Side::Columns) {  // every column of op·diag(d) of norm ≈ 1
+        o.column_scaling = (norms.array() > 0).select(norms.array(), big).inverse().matrix();
+        report = solve(opts_.method, ws, op, rhs, o);
+      } else {  // diag(w)·op δ = diag(w)·rhs
+        const Vector<Scalar> w = (norms.array() > 0)
+                                     .select(norms.array(), big)
+                                     .inverse()
+                                     .matrix()
+                                     .template cast<Scalar>();
+        const detail::RowScaled<Op> wop(op, w);
+        report = solve(opts_.method, ws, wop, w.cwiseProduct(rhs), o);
+      }
+      report.iterations += trial.iterations;
+      report.matvecs += trial.matvecs + (side == Side::Rows ? kProbes : 0);
+      report.rmatvecs += trial.rmatvecs + (side == Side::Columns ? kProbes : 0);
+    }
     log.push_back({role, report});
     if (!report.converged())
       detail::on_failure(opts_.on_failure, opts_.warn,
