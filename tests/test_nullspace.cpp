@@ -235,6 +235,47 @@ TEST_CASE("constrained Adam keeps linear constraints to 1e-6 and converges to th
   CHECK((theta - best).norm() < 1e-3 * best.norm());
 }
 
+TEST_CASE("constrained Adam: the first step is no longer than Adam's proposal") {
+  // Rows of a 50 × 50 W of unit norm (c_i = ‖W_i‖² − 1, θ = W row-major). At the first step
+  // D = |g| + ε spreads over decades and P_D Δ is several times longer than Δ (one entry moving
+  // hundreds of lr at 10⁶ parameters); it is scaled down to ‖Δ‖, staying in N(J).
+  const Index r = 50, p = r * r;
+  using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  auto rows = make_constraint(
+      r, p,
+      [r](const auto& th, auto& c) {
+        c = Eigen::Map<const RowMat>(th.data(), r, r).rowwise().squaredNorm().array() - 1;
+      },
+      [r](const auto& th, const auto& v, auto& y) {
+        y = 2 * (Eigen::Map<const RowMat>(th.data(), r, r)
+                     .cwiseProduct(Eigen::Map<const RowMat>(v.data(), r, r)))
+                    .rowwise()
+                    .sum();
+      },
+      [r](const auto& th, const auto& u, auto& w) {
+        Eigen::Map<RowMat>(w.data(), r, r) =
+            2 * u.asDiagonal() * Eigen::Map<const RowMat>(th.data(), r, r);
+      });
+  RowMat w0 = random_mat(r, r, 41);
+  w0.rowwise().normalize();
+  const Vec theta0 = Eigen::Map<const Vec>(w0.data(), p);
+  const Vec grad = theta0 - random_vec(p, 42) / 10;
+  const double lr = 1e-3;
+  NullSpaceOptions<double> o = tight();
+  o.gamma = 1 / lr;
+  ConstrainedAdam<double> adam({.lr = lr}, o);
+  Vec theta = theta0;
+  const auto res = adam.step(rows, theta, grad);
+  const Vec step = theta - theta0;
+  const Vec proposal = -lr * grad.array().sign().matrix();  // Adam's first step, up to ε
+  CHECK(res.step_scale < 0.5);
+  CHECK(step.norm() <= proposal.norm() * (1 + 1e-6));
+  CHECK((step - res.step_scale * res.projected).norm() < 1e-12 * step.norm());  // c ≈ 0
+  Vec jstep(r);
+  rows.jacobian(theta0, step, jstep);
+  CHECK(jstep.norm() < 1e-10 * step.norm());
+}
+
 TEST_CASE("null-space step: bad input and failures") {
   const Mat c = random_mat(3, 6, 15);
   const LinearConstraint con(c, Vec::Zero(3));

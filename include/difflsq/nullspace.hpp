@@ -183,6 +183,8 @@ struct NullSpaceResult {
   Vector<Scalar> correction;   ///< δ = J⁺c (zero when c = 0)
   Real constraint_norm = 0;    ///< ‖c(θ)‖
   Real projected_norm = 0;     ///< ‖Pv‖ (for v = g: the Lagrangian stationarity measure)
+  /// ConstrainedAdam: the factor (≤ 1) it applied to P_D Δ so as not to step further than Δ.
+  Real step_scale = 1;
   std::vector<SolveRecord<Real>> solves;
   bool converged() const { return all_converged(solves); }
 };
@@ -401,7 +403,12 @@ class ConstrainedAdam {
     const Vector<Scalar> metric = ((v / c2).cwiseSqrt().array() + h_.eps).matrix();  // D
     const Vector<Scalar> delta = -h_.lr * (m / c1).cwiseQuotient(metric);
     auto r = step_(con, theta, delta, metric);  // P_D Δ and J⁺c; throws before anything changes
-    theta += r.projected - h_.lr * step_.options().gamma * r.correction;
+    // P_D Δ is shortest in D's norm only: where D is tiny (the first steps, v̂ ≈ 0) it can be far
+    // longer than Δ. Like a Euclidean projection, the step is never longer than Δ (scaled as a
+    // whole: it stays in N(J), and its fixed points, P_D Δ = 0, are unchanged).
+    const Real pn = r.projected.norm(), dn = delta.norm();
+    if (pn > dn) r.step_scale = dn / pn;
+    theta += r.step_scale * r.projected - h_.lr * step_.options().gamma * r.correction;
     m_ = m;
     v_ = v;
     t_ = t;

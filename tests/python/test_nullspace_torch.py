@@ -144,7 +144,8 @@ def test_adam_step_mode_converges_to_the_kkt_point_in_its_own_metric():
 
 def metric_step(D, **solver):
     """One SGD step of NullSpaceOptimizer in the metric D on quadratic_problem(9): returns the
-    applied update, the dense oblique projection of the SGD step, and the optimizer."""
+    projected step (the applied update before its scaling to the length of Δ), the dense
+    oblique projection of the SGD step, and the optimizer."""
     Q, q, C, d, _, _ = quadratic_problem(seed=9)
     params = make_params(seed=10)
     sgd = torch.optim.SGD(params, lr=0.1)
@@ -159,7 +160,12 @@ def metric_step(D, **solver):
     delta = -0.1 * g
     dinv_ct = C.T / D[:, None]
     ref = delta - dinv_ct @ torch.linalg.solve(C @ dinv_ct, C @ delta)
-    return flat(params).detach() - x0, ref, C, opt
+    applied = flat(params).detach() - x0
+    # Never longer than the proposal Δ: scaled as a whole when P_D Δ is longer.
+    scale = opt.diagnostics["step_scale"]
+    assert abs(scale - min(1.0, float(delta.norm() / ref.norm()))) < 1e-9
+    assert float(applied.norm()) <= float(delta.norm()) * (1 + 1e-12)
+    return applied / scale, ref, C, opt
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -536,3 +542,27 @@ def test_adam_metric_projection_of_a_sparsity_mask_is_fast(dtype):
             with torch.no_grad():
                 q[m] = 0
         assert opt.diagnostics["iterations"][-1] <= 10, opt.diagnostics["iterations"]
+
+
+def test_adam_first_step_is_no_longer_than_its_proposal():
+    # Rows of W of unit norm (c_i = ‖W_i‖² − 1), Adam's first step: D = |g| + ε spreads over
+    # decades and P_D Δ came out 4.5× longer than Δ (7.5× at 10⁶ parameters, one entry moving
+    # 1200·lr, ‖c‖ after 4.3 against 0.02 for the Euclidean projection). It is scaled down to
+    # ‖Δ‖, staying in N(J).
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(100, 100, dtype=F64, generator=g)
+    w = (w / w.norm(dim=1, keepdim=True)).requires_grad_()
+    target = torch.randn(100, 100, dtype=F64, generator=g) / 10
+    lr = 1e-3
+    opt = dt.NullSpaceOptimizer([w], torch.optim.Adam([w], lr=lr),
+                                lambda: (w * w).sum(dim=1) - 1, gamma=1 / lr)
+    w0 = w.detach().clone()
+    (0.5 * ((w - target) ** 2).sum()).backward()
+    proposal = -lr * torch.sign(w.grad)  # Adam's first step, up to ε
+    opt.step()
+    step = w.detach() - w0
+    scale = opt.diagnostics["step_scale"]
+    assert scale < 0.5
+    assert float(step.norm()) <= float(proposal.norm()) * (1 + 1e-6)
+    # In N(J) to first order: J·step = 2 Σⱼ W_ij step_ij = 0 (c = 0 before: no correction).
+    assert float((2 * (w0 * step).sum(dim=1)).abs().max()) < 1e-10 * float(step.norm())

@@ -647,6 +647,9 @@ class NullSpaceOptimizer:
     J·D^{-1/2} equilibrated (their norms estimated from 8 products) when they differ by more
     than a factor of 10: constraints in different units, or Adam's metric.
 
+    In step mode P_D Δ is scaled down, if needed, to the length of Δ (``step_scale`` in the
+    diagnostics): in a metric spread over decades (Adam's first steps) it can be far longer.
+
     ``diagnostics`` after each step: ``constraint_norm`` (‖c‖ before the step),
     ``multipliers`` (z), ``projected_grad_norm`` (‖Pg‖), ``iterations`` and ``istop`` of the
     solves, ``warmup`` (True while the first ``warmup`` steps run the plain optimizer). In step
@@ -942,6 +945,7 @@ class NullSpaceOptimizer:
         # Step mode moves θ and the optimizer's state before its solves; gradient mode changes
         # nothing until its last line, the optimizer's own step.
         snapshot = self._snapshot() if self.mode == "step" else []
+        step_scale = None
         try:
             if self.mode == "gradient":
                 if closure is not None:
@@ -984,6 +988,12 @@ class NullSpaceOptimizer:
                 self.optimizer.step()
             else:
                 pdelta, _ = self._project(J, delta, records, self._step_metric(g.dtype))
+                # A projection in a metric D is shortest in D's norm only: where D is tiny
+                # (Adam's first steps, v̂ ≈ 0) P_D Δ can be far longer than Δ itself. Like the
+                # Euclidean projection, the step is never longer than the optimizer's proposal
+                # (scaled as a whole: it stays in N(J) and its fixed points are P_D Δ = 0).
+                step_scale = min(1.0, float(delta.norm()) / max(float(pdelta.norm()), 1e-300))
+                pdelta = pdelta * step_scale
                 lr = self._per_entry([group.get("lr", 0.0) for group in self._groups], g.dtype)
                 update = pdelta - lr * self.gamma * correction
                 del c, J
@@ -1000,6 +1010,7 @@ class NullSpaceOptimizer:
             "iterations": [r[1] for r in records],
             "istop": [r[0] for r in records],
             "warmup": False,
+            "step_scale": step_scale,
         }
         return loss
 
