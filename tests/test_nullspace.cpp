@@ -157,6 +157,13 @@ TEST_CASE("null-space solves equilibrate rows of J of very different norms") {
     CHECK(ratio.minCoeff() > 1.0 / 3);
     CHECK(ratio.maxCoeff() < 3);
     CHECK_THROWS_AS((void)estimate_column_norms(dense, 0), std::invalid_argument);
+    // float near the ends of its range: the squares would overflow (3e19) or underflow (1e-25).
+    Eigen::MatrixXf extreme = Eigen::MatrixXf::Zero(3, 2);
+    extreme(0, 0) = 3e19f;
+    extreme(2, 1) = 1e-25f;
+    const Eigen::VectorXf en = estimate_column_norms(extreme);
+    CHECK(en[0] == doctest::Approx(3e19f).epsilon(1e-6));
+    CHECK(en[1] == doctest::Approx(1e-25f).epsilon(1e-6));
   }
   SUBCASE("rows over eight decades, against dense formulas") {
     // Without equilibration every solve reached its iteration limit (SolveError).
@@ -181,6 +188,9 @@ TEST_CASE("null-space solves equilibrate rows of J of very different norms") {
     CHECK((r.projected - (g - c.transpose() * z)).norm() < 1e-8 * g.norm());
     CHECK((r.correction - delta).norm() < 1e-8 * delta.norm());
     for (const auto& s : r.solves) CHECK(s.report.iterations < 60);
+    // The correction solve ran on W·J; its report's residual is that of Jδ = c itself.
+    CHECK(r.solves.back().report.r1norm ==
+          doctest::Approx((c * r.correction - (c * theta - d)).norm()).epsilon(1e-6));
   }
   SUBCASE("a selection in a metric spread over six decades (Adam's)") {
     // P_D v zeroes the selected entries whatever D; S·Jᵀ has orthonormal columns once

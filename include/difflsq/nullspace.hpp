@@ -21,6 +21,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <concepts>
 #include <stdexcept>
@@ -293,10 +294,29 @@ class NullSpaceStep {
   // when J is rank-deficient) or the rows of J (Side::Rows; the same solution where Jδ = c is
   // consistent). Their norms are estimated from kProbes products, and used only when they
   // differ by more than a factor of kSpread, above the estimate's noise (docs/nullspace.md).
+  // The report's r1norm/r2norm are then those of the unscaled system; anorm, acond and arnorm
+  // those of the scaled one.
   static constexpr Index kTrial = 8;
   static constexpr int kProbes = 8;
   static constexpr Real kSpread = 10;
   enum class Side { Columns, Rows };
+
+  /// 1/norm for estimated row norms, or empty when they differ by less than kSpread (or are
+  /// not finite). A row estimated 0 — a zero row, or two equal entries that cancelled in every
+  /// probe — gets the median norm.
+  static Vector<Real> weights(Vector<Real> norms) {
+    std::vector<Real> positive;
+    for (Index j = 0; j < norms.size(); ++j)
+      if (norms[j] > 0) positive.push_back(norms[j]);
+    if (!norms.allFinite() || positive.empty()) return {};
+    const auto [lo, hi] = std::minmax_element(positive.begin(), positive.end());
+    if (!(*hi > kSpread * *lo)) return {};
+    auto mid = positive.begin() + static_cast<std::ptrdiff_t>(positive.size() / 2);
+    std::nth_element(positive.begin(), mid, positive.end());
+    for (Index j = 0; j < norms.size(); ++j) norms[j] = Real(1) / (norms[j] > 0 ? norms[j] : *mid);
+    if (!norms.allFinite()) return {};  // a norm below 1/max(Real)
+    return norms;
+  }
 
   template <LinearOperator Op>
   Vector<Scalar> run(const char* role, const Op& op, Eigen::Ref<const Vector<Scalar>> rhs,
@@ -315,27 +335,29 @@ class NullSpaceStep {
       const Report<Real> trial = report;
       o.max_iterations = limit - trial.iterations;
       o.x0 = ws.x;
-      Vector<Real> norms = side == Side::Columns ? estimate_column_norms(op, kProbes)
-                                                 : estimate_column_norms(adjoint(op), kProbes);
-      const Real big = norms.maxCoeff();
-      const Real small = (norms.array() > 0).select(norms.array(), big).minCoeff();
-      if (!(big > kSpread * small)) {  // comparable norms: go on unscaled
+      // Rescaled only with another trial's budget left (the rescaled solve restarts).
+      const bool probe = o.max_iterations >= kTrial;
+      const Vector<Real> w = !probe ? Vector<Real>()
+                             : side == Side::Columns
+                                 ? weights(estimate_column_norms(op, kProbes))
+                                 : weights(estimate_column_norms(adjoint(op), kProbes));
+      if (w.size() == 0) {  // comparable norms: go on unscaled
         report = solve(opts_.method, ws, op, rhs, o);
-      } else if (side == Side::Columns) {  // every column of op·diag(d) of norm ≈ 1
-        o.column_scaling = (norms.array() > 0).select(norms.array(), big).inverse().matrix();
+      } else if (side == Side::Columns) {  // every column of op·diag(w) of norm ≈ 1
+        o.column_scaling = w;
         report = solve(opts_.method, ws, op, rhs, o);
-      } else {  // diag(w)·op δ = diag(w)·rhs
-        const Vector<Scalar> w = (norms.array() > 0)
-                                     .select(norms.array(), big)
-                                     .inverse()
-                                     .matrix()
-                                     .template cast<Scalar>();
-        const detail::RowScaled<Op> wop(op, w);
-        report = solve(opts_.method, ws, wop, w.cwiseProduct(rhs), o);
+      } else {  // diag(w)·op δ = diag(w)·rhs; report the residual of op δ = rhs itself
+        const Vector<Scalar> wr = w.template cast<Scalar>();
+        const detail::RowScaled<Op> wop(op, wr);
+        report = solve(opts_.method, ws, wop, wr.cwiseProduct(rhs), o);
+        Vector<Scalar> r(op.rows());
+        op.apply(ws.x, r);
+        report.r1norm = report.r2norm = (r - rhs).stableNorm();
+        ++report.matvecs;
       }
       report.iterations += trial.iterations;
-      report.matvecs += trial.matvecs + (side == Side::Rows ? kProbes : 0);
-      report.rmatvecs += trial.rmatvecs + (side == Side::Columns ? kProbes : 0);
+      report.matvecs += trial.matvecs + (probe && side == Side::Rows ? kProbes : 0);
+      report.rmatvecs += trial.rmatvecs + (probe && side == Side::Columns ? kProbes : 0);
     }
     log.push_back({role, report});
     if (!report.converged())

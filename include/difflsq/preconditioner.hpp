@@ -12,6 +12,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "operator.hpp"
 
@@ -42,19 +43,26 @@ Vector<RealOf<ScalarOf<A>>> estimate_column_norms(const A& a, int probes = 8,
                                                   std::uint64_t seed = 20261203) {
   using Scalar = ScalarOf<A>;
   using Real = RealOf<Scalar>;
+  // Squares summed in a wider type: column norms near the range's ends (1e20 in float) must not
+  // overflow or underflow.
+  using Wide = std::conditional_t<(sizeof(Real) < sizeof(double)), double, long double>;
   if (probes < 1)
     throw std::invalid_argument("difflsq::estimate_column_norms: probes must be >= 1, got " +
                                 std::to_string(probes));
   const auto& op = as_operator(a);
   std::mt19937_64 gen(seed);
   Vector<Scalar> z(op.rows()), y(op.cols());
-  Vector<Real> sum = Vector<Real>::Zero(op.cols());
+  Eigen::Matrix<Wide, Eigen::Dynamic, 1> sum =
+      Eigen::Matrix<Wide, Eigen::Dynamic, 1>::Zero(op.cols());
   for (int p = 0; p < probes; ++p) {
     for (Index i = 0; i < z.size(); ++i) z[i] = Scalar((gen() & 1) ? 1 : -1);
     op.apply_adjoint(z, y);
-    sum += y.cwiseAbs2();
+    for (Index j = 0; j < y.size(); ++j) {
+      const Wide re = static_cast<Wide>(std::real(y[j])), im = static_cast<Wide>(std::imag(y[j]));
+      sum[j] += re * re + im * im;
+    }
   }
-  return (sum / Real(probes)).cwiseSqrt();
+  return (sum / Wide(probes)).cwiseSqrt().template cast<Real>();
 }
 
 }  // namespace difflsq

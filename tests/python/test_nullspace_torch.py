@@ -206,8 +206,8 @@ def test_warmup_runs_the_plain_optimizer_first():
         x = flat(params)
         (0.5 * x @ Q @ x - q @ x).backward()
         opt.step()
-        flags.append(opt.diagnostics["warmup"])
-    assert flags == [True, True, True, False, False]
+        flags.append((opt.diagnostics["warmup"], opt.diagnostics["step_scale"]))
+    assert flags == [(True, None)] * 3 + [(False, 1.0)] * 2
     assert float((C @ flat(params) - d).norm()) < 1e-10
 
 

@@ -594,9 +594,12 @@ def _row_norms(A, side):
         est = est + np.abs(product(z)).astype(np.float64) ** 2
     est = est / _PROBES
     positive = est[est > 0]
-    if positive.size == 0 or positive.max() <= _SPREAD * positive.min():
+    if (positive.size == 0 or not np.isfinite(est).all()
+            or positive.max() <= _SPREAD * positive.min()):
         return None
-    return np.sqrt(np.where(est > 0, est, positive.max()))  # a zero row: any scale
+    # A row estimated 0 — a zero row, or two equal entries cancelling in every probe: the median.
+    norms = np.sqrt(np.where(est > 0, est, np.median(positive)))
+    return norms if np.isfinite(1 / norms.astype(A.dtype)).all() else None
 
 
 def _scaled(A, w, side):
@@ -807,7 +810,8 @@ class NullSpaceOptimizer:
             limit = min(A.shape) if self.method == "lsmr" else 2 * A.shape[1]
         x, istop, itn = self._lsq(A, rhs, min(limit, _TRIAL))
         if istop == 7 and itn < limit:
-            w = _row_norms(A, side)
+            # Rescaled only with another trial's budget left (the rescaled solve restarts).
+            w = _row_norms(A, side) if limit - itn >= _TRIAL else None
             if w is None:  # rows of comparable norms: go on unscaled
                 x, istop, more = self._lsq(A, rhs, limit - itn, x0=x)
             elif side == "columns":  # x = diag(w)·y, A·diag(w) has unit columns
@@ -940,7 +944,7 @@ class NullSpaceOptimizer:
             loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
             self.diagnostics = {"constraint_norm": cnorm, "multipliers": None,
                                 "projected_grad_norm": None, "iterations": [], "istop": [],
-                                "warmup": True}
+                                "warmup": True, "step_scale": None}
             return loss
         # Step mode moves θ and the optimizer's state before its solves; gradient mode changes
         # nothing until its last line, the optimizer's own step.
