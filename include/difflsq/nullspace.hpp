@@ -290,12 +290,12 @@ class NullSpaceStep {
   // over decades as Adam's is — slow the solves down (a selection J under Adam's metric took
   // thousands of iterations). A solve that has not converged after kTrial iterations goes on
   // from where it stopped with J's rows equilibrated: the columns of Jᵀ or S·Jᵀ (Side::Columns,
-  // the right preconditioner; the multipliers are then the solution of smallest scaled norm
-  // when J is rank-deficient) or the rows of J (Side::Rows; the same solution where Jδ = c is
-  // consistent). Their norms are estimated from kProbes products, and used only when they
-  // differ by more than a factor of kSpread, above the estimate's noise (docs/nullspace.md).
-  // The report's r1norm/r2norm are then those of the unscaled system; anorm, acond and arnorm
-  // those of the scaled one.
+  // the right preconditioner; for a rank-deficient J the multipliers are then a least-squares
+  // solution, not exactly the minimum-norm one) or the rows of J (Side::Rows; the same solution
+  // where Jδ = c is consistent). Their norms are estimated from kProbes products, and used only
+  // when they differ by more than a factor of kSpread, above the estimate's noise
+  // (docs/nullspace.md). The report's r1norm/r2norm are then those of the unscaled system; anorm,
+  // acond and arnorm those of the scaled one.
   static constexpr Index kTrial = 8;
   static constexpr int kProbes = 8;
   static constexpr Real kSpread = 10;
