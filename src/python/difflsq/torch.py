@@ -814,14 +814,13 @@ class NullSpaceOptimizer:
             w = _row_norms(A, side) if limit - itn >= _TRIAL else None
             if w is None:  # rows of comparable norms: go on unscaled
                 x, istop, more = self._lsq(A, rhs, limit - itn, x0=x)
-            elif side == "columns":  # x = diag(w)·y, A·diag(w) has unit columns
+            else:
                 w = (1 / w).astype(x.dtype)
-                aw = _scaled(A, w, "columns")
-                y, istop, more = self._lsq(aw, rhs, limit - itn, x0=x / w)
-                x = w * y
-            else:  # diag(w)·A x = diag(w)·rhs, unit rows
-                w = (1 / w).astype(x.dtype)
-                x, istop, more = self._lsq(_scaled(A, w, "rows"), w * rhs, limit - itn, x0=x)
+                if side == "columns":  # x = diag(w)·y, A·diag(w) has unit columns
+                    y, istop, more = self._lsq(_scaled(A, w, side), rhs, limit - itn, x0=x / w)
+                    x = w * y
+                else:  # diag(w)·A x = diag(w)·rhs, unit rows
+                    x, istop, more = self._lsq(_scaled(A, w, side), w * rhs, limit - itn, x0=x)
             itn += more
         records.append((istop, itn))
         if istop not in _CONVERGED:
