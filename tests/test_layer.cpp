@@ -3,13 +3,16 @@
 #include <doctest/doctest.h>
 
 #include <Eigen/Dense>
-#include <difflsq/difflsq.hpp>
 #include <algorithm>
 #include <cmath>
 #include <complex>
+#include <cstdint>
+#include <difflsq/difflsq.hpp>
 #include <random>
 #include <string>
+#include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "test_problems.hpp"
 
@@ -740,6 +743,131 @@ TEST_CASE("layer: callback parameterized operator and row-major matrix parameter
   // Row-major: θ̄ in row-major order.
   const Mat abar3 = Eigen::Map<const Eigen::Matrix<double, 8, 5, Eigen::RowMajor>>(g3.theta.data());
   CHECK(rel(abar3, Eigen::Map<const Mat>(g1.theta.data(), 8, 5)) < 1e-12);
+}
+
+namespace {
+/// A random m × n sparse matrix with about half its entries stored, the diagonal among them
+/// (full rank in practice).
+template <class Sparse>
+Sparse random_sparse(Index m, Index n, std::mt19937_64& gen) {
+  using S = typename Sparse::Scalar;
+  const DMat<S> values = test::random_matrix<S>(m, n, gen);
+  std::bernoulli_distribution keep(0.5);
+  std::vector<Eigen::Triplet<S>> entries;
+  for (Index j = 0; j < n; ++j)
+    for (Index i = 0; i < m; ++i)
+      if (i == j || keep(gen)) entries.emplace_back(int(i), int(j), values(i, j));
+  Sparse a(m, n);
+  a.setFromTriplets(entries.begin(), entries.end());
+  return a;
+}
+
+/// θ̄ of a sparse adapter against Ā on its pattern: max over stored (i, j) of |θ̄_p − Ā(i, j)|
+/// relative to ‖Ā‖ (entries outside the pattern are not parameters).
+template <class Sparse, class S>
+double pattern_error(const Sparse& a, const DVec<S>& theta, const DMat<S>& abar) {
+  double err = 0;
+  for (Index k = 0, p = 0; k < a.outerSize(); ++k)
+    for (typename Sparse::InnerIterator it(a, k); it; ++it, ++p)
+      err = std::max(err, std::abs(theta[p] - abar(it.row(), it.col())));
+  return err / abar.norm();
+}
+
+/// The dense matrix with the pattern of a and the values t (storage order).
+template <class Sparse, class S>
+DMat<S> with_values(const Sparse& a, const DVec<S>& t) {
+  DMat<S> out = DMat<S>::Zero(a.rows(), a.cols());
+  for (Index k = 0, p = 0; k < a.outerSize(); ++k)
+    for (typename Sparse::InnerIterator it(a, k); it; ++it, ++p) out(it.row(), it.col()) = t[p];
+  return out;
+}
+
+template <class Sparse>
+void check_sparse_parameters(const Sparse& a, double lam, std::mt19937_64& gen) {
+  using S = typename Sparse::Scalar;
+  const DMat<S> dense = DMat<S>(a);
+  const DVec<S> b = test::random_vector<S>(a.rows(), gen);
+  const DVec<S> xbar = test::random_vector<S>(a.cols(), gen);
+  const DVec<S> theta_dot = test::random_vector<S>(a.nonZeros(), gen);
+  // Independent references: finite differences of a dense solve, entry by entry on the pattern
+  // (∂⟨x̄, x⟩/∂A_ij = ⟨x̄, ∂x/∂Re A_ij⟩ + i⟨x̄, ∂x/∂Im A_ij⟩ by PyTorch's convention), and along θ̇.
+  DMat<S> abar = DMat<S>::Zero(a.rows(), a.cols());
+  const DVec<S> zb = DVec<S>::Zero(a.rows());
+  for (Index k = 0; k < a.outerSize(); ++k)
+    for (typename Sparse::InnerIterator it(a, k); it; ++it) {
+      DMat<S> e = DMat<S>::Zero(a.rows(), a.cols());
+      e(it.row(), it.col()) = 1;
+      S g = std::real(xbar.dot(fd_direction<S>(dense, b, lam, e, zb, 0)));
+      if constexpr (!std::is_same_v<S, double>) {
+        e(it.row(), it.col()) = S(0, 1);
+        g += S(0, std::real(xbar.dot(fd_direction<S>(dense, b, lam, e, zb, 0))));
+      }
+      abar(it.row(), it.col()) = g;
+    }
+  const DVec<S> xdot = fd_direction<S>(dense, b, lam, with_values(a, theta_dot), zb, 0);
+  for (Method method : kMethods) {
+    CAPTURE(name(method));
+    LeastSquaresOptions<S> o;
+    o.method = method;
+    o.forward = {.atol = 1e-14, .btol = 1e-14, .conlim = 0, .max_iterations = 2000};
+    LeastSquares<S> layer(o);
+    auto op = parameterized(a);
+    static_assert(ParameterizedOperator<decltype(op)>);
+    CHECK(op.parameter_count() == a.nonZeros());
+    auto fwd = layer.forward(op, b, lam);
+    CHECK(test::relative_error(fwd.x, dense_solution<S>(dense, b, lam)) < 1e-9);
+    const auto g = layer.backward(fwd, xbar);
+    CHECK(g.converged());
+    REQUIRE(g.theta.size() == a.nonZeros());
+    CHECK(pattern_error(a, g.theta, abar) < 1e-6);
+    const auto t = layer.jvp(fwd, {.theta = theta_dot});
+    CHECK(t.converged());
+    CHECK(test::relative_error(t.x, xdot) < 1e-6);
+  }
+}
+}  // namespace
+
+TEST_CASE("layer: a sparse matrix whose stored values are the parameters") {
+  using RowSparse = Eigen::SparseMatrix<double, Eigen::RowMajor>;
+  std::mt19937_64 gen(77);
+  for (const auto& [m, n, lam] : {std::tuple{14, 8, 0.0}, std::tuple{14, 8, 0.2},
+                                  std::tuple{8, 14, 0.0}, std::tuple{8, 14, 0.2}}) {
+    CAPTURE(m);
+    CAPTURE(n);
+    CAPTURE(lam);
+    SUBCASE("column-major") {
+      check_sparse_parameters(random_sparse<Eigen::SparseMatrix<double>>(m, n, gen), lam, gen);
+    }
+    SUBCASE("row-major") { check_sparse_parameters(random_sparse<RowSparse>(m, n, gen), lam, gen); }
+    SUBCASE("a Map of CSR arrays with 64-bit indices (what the Python module passes)") {
+      const Eigen::SparseMatrix<double, Eigen::RowMajor, std::int64_t> a =
+          random_sparse<RowSparse>(m, n, gen).cast<double>();
+      const Eigen::Map<const Eigen::SparseMatrix<double, Eigen::RowMajor, std::int64_t>> map(
+          a.rows(), a.cols(), a.nonZeros(), a.outerIndexPtr(), a.innerIndexPtr(), a.valuePtr());
+      check_sparse_parameters(map, lam, gen);
+    }
+    SUBCASE("complex") {
+      check_sparse_parameters(
+          random_sparse<Eigen::SparseMatrix<std::complex<double>, Eigen::RowMajor>>(m, n, gen), lam,
+          gen);
+    }
+  }
+}
+
+TEST_CASE("layer: sparse parameters — bad input") {
+  Eigen::SparseMatrix<double> a(4, 3);
+  a.insert(0, 0) = 1;  // insert() leaves the matrix uncompressed
+  a.insert(2, 1) = 2;
+  CHECK_THROWS_AS(parameterized(a), std::invalid_argument);
+  a.makeCompressed();
+  auto op = parameterized(a);
+  Vec g = Vec::Zero(3), y(4);
+  CHECK_THROWS_AS(op.add_parameter_gradient(Vec::Ones(4), Vec::Ones(3), g), std::invalid_argument);
+  CHECK_THROWS_AS(op.apply_derivative(Vec::Ones(5), Vec::Ones(3), y), std::invalid_argument);
+  Vec g2 = Vec::Zero(2);
+  op.add_parameter_gradient(Vec::LinSpaced(4, 1, 4), Vec::LinSpaced(3, 1, 3), g2);
+  CHECK(g2[0] == 1.0);  // u_0 v_0
+  CHECK(g2[1] == 6.0);  // u_2 v_1
 }
 
 TEST_CASE("layer: the gradient error shrinks with the solver tolerance") {

@@ -15,18 +15,21 @@
 // ∂f/∂Re θ + i ∂f/∂Im θ (PyTorch's convention), and A(θ) must be holomorphic in θ (as the dense
 // adapter is) or θ real, for forward and reverse mode to be transposes of each other.
 //
-// Adapters: a dense matrix whose entries are the parameters (parameterized), and callbacks
-// (make_parameterized_operator). For anything else, write a small class (tests/test_layer.cpp
-// has a convolution whose kernel is the parameter).
+// Adapters: a dense matrix whose entries are the parameters, a sparse matrix whose stored values
+// are the parameters (both `parameterized`), and callbacks (make_parameterized_operator). For
+// anything else, write a small class (tests/test_layer.cpp has a convolution whose kernel is the
+// parameter).
 #pragma once
 
 #include <Eigen/Core>
+#include <Eigen/SparseCore>
 #include <concepts>
 #include <stdexcept>
 #include <string>
 #include <utility>
 
 #include "operator.hpp"
+#include "sparse.hpp"
 
 namespace difflsq {
 
@@ -40,6 +43,14 @@ concept ParameterizedOperator =
       op.apply_derivative(in, in, out);
       op.apply_derivative_adjoint(in, in, out);
     };
+
+    namespace detail {
+    inline void check_parameter_count(Index size, Index expected) {
+      if (size != expected)
+        throw std::invalid_argument("difflsq: parameter vector has length " + std::to_string(size) +
+                                    ", expected " + std::to_string(expected));
+    }
+    }  // namespace detail
 
 /// A dense Eigen matrix as A(θ) with θ = its entries in storage order (column-major: θ[i + m·j]
 /// = A(i, j); row-major: θ[i·n + j]). A gradient vector mapped with the matrix's shape and
@@ -76,17 +87,78 @@ class MatrixParameters : public EigenOperator<Matrix> {
   using Shaped = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, kOrder>;
   Eigen::Map<Shaped> shaped(Scalar* p) const { return {p, this->rows(), this->cols()}; }
   Eigen::Map<const Shaped> shaped(const Scalar* p) const { return {p, this->rows(), this->cols()}; }
-  void check(Index size) const {
-    if (size != parameter_count())
-      throw std::invalid_argument("difflsq: parameter vector has length " + std::to_string(size) +
-                                  ", expected " + std::to_string(parameter_count()));
-  }
+  void check(Index size) const { detail::check_parameter_count(size, parameter_count()); }
 };
 
 /// The matrix `a` as a parameterized operator (θ = its entries).
 template <class Matrix>
-MatrixParameters<Matrix> parameterized(const Matrix& a) {
+requires std::derived_from<Matrix, Eigen::DenseBase<Matrix>> MatrixParameters<Matrix> parameterized(
+    const Matrix& a) {
   return MatrixParameters<Matrix>(a);
+}
+
+/// A compressed Eigen sparse matrix (or a Map of one) as A(θ) with θ = its stored values in
+/// storage order, valuePtr()[0 … nnz): row by row for a row-major matrix, column by column for
+/// a column-major one. The pattern is fixed: a gradient vector put in place of the values is
+/// ∂L/∂A on the pattern; entries outside it are not parameters. Products run as in
+/// CompressedOperator (the options choose its layout and threads). Keeps a reference: the
+/// matrix must outlive the operator.
+template <class Matrix>
+class SparseMatrixParameters : public CompressedOperator<Matrix> {
+ public:
+  using Scalar = typename Matrix::Scalar;
+  explicit SparseMatrixParameters(const Matrix& a, SparseOptions options = {})
+      : CompressedOperator<Matrix>(compressed(a), options) {}
+  Index parameter_count() const { return this->matrix().nonZeros(); }
+  void add_parameter_gradient(Eigen::Ref<const Vector<Scalar>> u,
+                              Eigen::Ref<const Vector<Scalar>> v,
+                              Eigen::Ref<Vector<Scalar>> g) const {
+    check(g.size());
+    // ∇_θp Re⟨u, A v⟩ = u_i conj(v_j) for the value θp stored at (i, j): u vᴴ on the pattern.
+    const Matrix& a = this->matrix();
+    const auto* outer = a.outerIndexPtr();
+    const auto* inner = a.innerIndexPtr();
+    for (Index k = 0; k < a.outerSize(); ++k)
+      for (Index p = outer[k]; p < outer[k + 1]; ++p) {
+        const Index i = Matrix::IsRowMajor ? k : Index(inner[p]);
+        const Index j = Matrix::IsRowMajor ? Index(inner[p]) : k;
+        g[p] += u[i] * Eigen::numext::conj(v[j]);
+      }
+  }
+  void apply_derivative(Eigen::Ref<const Vector<Scalar>> t, Eigen::Ref<const Vector<Scalar>> v,
+                        Eigen::Ref<Vector<Scalar>> y) const {
+    check(t.size());
+    y.noalias() = pattern(t.data()) * v;  // ∂A·t: the pattern holding the values t
+  }
+  void apply_derivative_adjoint(Eigen::Ref<const Vector<Scalar>> t,
+                                Eigen::Ref<const Vector<Scalar>> u,
+                                Eigen::Ref<Vector<Scalar>> w) const {
+    check(t.size());
+    w.noalias() = pattern(t.data()).adjoint() * u;
+  }
+
+ private:
+  using Pattern = Eigen::Map<
+      const Eigen::SparseMatrix<Scalar, Matrix::IsRowMajor ? Eigen::RowMajor : Eigen::ColMajor,
+                                typename Matrix::StorageIndex>>;
+  static const Matrix& compressed(const Matrix& a) {
+    if (!a.isCompressed())
+      throw std::invalid_argument(
+          "difflsq::parameterized: the sparse matrix must be compressed (makeCompressed())");
+    return a;
+  }
+  Pattern pattern(const Scalar* t) const {
+    const Matrix& a = this->matrix();
+    return Pattern(a.rows(), a.cols(), a.nonZeros(), a.outerIndexPtr(), a.innerIndexPtr(), t);
+  }
+  void check(Index size) const { detail::check_parameter_count(size, parameter_count()); }
+};
+
+/// The sparse matrix `a` as a parameterized operator (θ = its stored values).
+template <class Matrix>
+requires std::derived_from<Matrix, Eigen::SparseMatrixBase<Matrix>> SparseMatrixParameters<Matrix>
+parameterized(const Matrix& a, SparseOptions options = {}) {
+  return SparseMatrixParameters<Matrix>(a, options);
 }
 
 /// A(θ) from callbacks: matvec(x, y) and rmatvec(u, v) as in make_operator, and

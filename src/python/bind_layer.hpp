@@ -1,13 +1,14 @@
 // Python bindings of the differentiable layer (layer.hpp) for one scalar type: the forward
-// pass on a dense C-contiguous matrix, on callbacks or on a built-in 1-D convolution whose
-// kernel is the parameter (convolution.hpp), the reverse rule and (dense, convolution) the
-// forward rule. difflsq/torch.py turns these into a torch.autograd.Function; the parameter products
-// of a callable operator are done there, with torch autograd, from the Ā = Σ u vᵀ terms.
-// bind_layer_real.cpp and bind_layer_complex.cpp instantiate them (two translation units that
-// compile in parallel).
+// pass on a dense C-contiguous matrix, on CSR arrays (the stored values are the parameters),
+// on callbacks or on a built-in 1-D convolution whose kernel is the parameter
+// (convolution.hpp), the reverse rule and (dense, sparse, convolution) the forward rule.
+// difflsq/torch.py turns these into a torch.autograd.Function; the parameter products of a callable
+// operator are done there, with torch autograd, from the Ā = Σ u vᵀ terms. bind_layer_real.cpp and
+// bind_layer_complex.cpp instantiate them (two translation units that compile in parallel).
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -31,6 +32,29 @@ struct DenseForward {
   Forward<MatrixParameters<RowMap<Scalar>>> fwd;
   explicit DenseForward(py::array_t<Scalar> a)
       : array(std::move(a)), map(array.data(), array.shape(0), array.shape(1)), op(map) {}
+};
+
+template <class Scalar>
+using CsrMap = Eigen::Map<const Eigen::SparseMatrix<Scalar, Eigen::RowMajor, std::int64_t>>;
+
+/// A forward pass on a CSR matrix (int64 indices) whose stored values are the parameters: owns
+/// references to the arrays, the operator and the saved context (never moves).
+template <class Scalar>
+struct SparseForward {
+  py::array_t<std::int64_t> indptr, indices;
+  py::array_t<Scalar> values;
+  CsrMap<Scalar> map;
+  SparseMatrixParameters<CsrMap<Scalar>> op;
+  Forward<SparseMatrixParameters<CsrMap<Scalar>>> fwd;
+  SparseForward(Index m, Index n, py::array_t<std::int64_t> ptr, py::array_t<std::int64_t> idx,
+                py::array_t<Scalar> vals)
+      : indptr(std::move(ptr)),
+        indices(std::move(idx)),
+        values(std::move(vals)),
+        map(m, n, compressed_nonzeros(m, n, indptr, indices, values.size()), indptr.data(),
+            indices.data(), values.data()),
+        // As the SciPy drop-in does: both products gather up to kTransposedIndexNonzeros.
+        op(map, SparseOptions{.transposed_index = map.nonZeros() <= kTransposedIndexNonzeros}) {}
 };
 
 template <class Scalar>
@@ -166,6 +190,11 @@ void register_layer(py::module_& m, const std::string& suffix) {
       .def_property_readonly("x", [](const Callback& c) { return to_numpy(c.fwd.x); })
       .def_property_readonly("report", [](const Callback& c) { return report_of(c.fwd); });
 
+  using Sparse = SparseForward<Scalar>;
+  py::class_<Sparse>(m, ("SparseForward_" + suffix).c_str())
+      .def_property_readonly("x", [](const Sparse& s) { return to_numpy(s.fwd.x); })
+      .def_property_readonly("report", [](const Sparse& s) { return report_of(s.fwd); });
+
   using Conv = ConvolutionForward<Scalar>;
   py::class_<Conv>(m, ("ConvolutionForward_" + suffix).c_str())
       .def_property_readonly("x", [](const Conv& c) { return to_numpy(c.fwd.x); })
@@ -173,8 +202,8 @@ void register_layer(py::module_& m, const std::string& suffix) {
 
   py::class_<Layer>(m, ("Layer_" + suffix).c_str())
       .def(py::init([](const std::string& method, double atol, double btol, double conlim,
-                       long long maxiter, std::optional<std::tuple<double, double, double, long long>>
-                                              backward_tol,
+                       long long maxiter,
+                       std::optional<std::tuple<double, double, double, long long>> backward_tol,
                        const std::string& on_failure, std::optional<py::function> warn) {
              LeastSquaresOptions<Scalar> o;
              o.method = method_of(method);
@@ -211,6 +240,22 @@ void register_layer(py::module_& m, const std::string& suffix) {
              }
              return d;
            })
+      .def(
+          "forward_sparse",
+          [](Layer& layer, Index rows, Index cols, py::array_t<std::int64_t> indptr,
+             py::array_t<std::int64_t> indices, py::array_t<Scalar> values, PyArray<Scalar> b,
+             double damp) {
+            auto s = std::make_unique<Sparse>(rows, cols, std::move(indptr), std::move(indices),
+                                              std::move(values));
+            if (!Eigen::Map<const Vector<Scalar>>(s->map.valuePtr(), s->map.nonZeros()).allFinite())
+              throw std::invalid_argument("difflsq: A is not finite (it has NaN or Inf entries)");
+            const auto bv = as_vector(b, "b");
+            {
+              py::gil_scoped_release nogil;
+              s->fwd = layer.forward(s->op, bv, Real(damp));
+            }
+            return s;
+          })
       .def("forward_callback",
            [](Layer& layer, Index rows, Index cols, py::function matvec, py::function rmatvec,
               PyArray<Scalar> b, double damp) {
@@ -234,26 +279,22 @@ void register_layer(py::module_& m, const std::string& suffix) {
              }
              return c;
            })
-      .def("backward", [](Layer& layer, Conv& c, const PyArray<Scalar>& xbar) {
-        return backward(layer, c.fwd, xbar);
-      })
-      .def("jvp",
-           [](Layer& layer, Conv& c, Opt kernel_dot, Opt b_dot, double damp_dot) {
-             return jvp(layer, c.fwd, kernel_dot, b_dot, damp_dot);
-           })
-      .def("backward", [](Layer& layer, Dense& d, const PyArray<Scalar>& xbar) {
-        return backward(layer, d.fwd, xbar);
-      })
-      .def("backward", [](Layer& layer, Callback& c, const PyArray<Scalar>& xbar) {
-        return backward(layer, c.fwd, xbar);
-      })
-      .def("jvp",
-           [](Layer& layer, Dense& d, Opt a_dot, Opt b_dot, double damp_dot) {
-             return jvp(layer, d.fwd, a_dot, b_dot, damp_dot);
-           })
-      .def("jvp", [](Layer& layer, Callback& c, Opt b_dot, double damp_dot) {
-        return jvp(layer, c.fwd, Opt{}, b_dot, damp_dot);
-      })
+      .def("backward", [](Layer& layer, Conv& c,
+                          const PyArray<Scalar>& xbar) { return backward(layer, c.fwd, xbar); })
+      .def("jvp", [](Layer& layer, Conv& c, Opt kernel_dot, Opt b_dot,
+                     double damp_dot) { return jvp(layer, c.fwd, kernel_dot, b_dot, damp_dot); })
+      .def("backward", [](Layer& layer, Sparse& s,
+                          const PyArray<Scalar>& xbar) { return backward(layer, s.fwd, xbar); })
+      .def("jvp", [](Layer& layer, Sparse& s, Opt values_dot, Opt b_dot,
+                     double damp_dot) { return jvp(layer, s.fwd, values_dot, b_dot, damp_dot); })
+      .def("backward", [](Layer& layer, Dense& d,
+                          const PyArray<Scalar>& xbar) { return backward(layer, d.fwd, xbar); })
+      .def("backward", [](Layer& layer, Callback& c,
+                          const PyArray<Scalar>& xbar) { return backward(layer, c.fwd, xbar); })
+      .def("jvp", [](Layer& layer, Dense& d, Opt a_dot, Opt b_dot,
+                     double damp_dot) { return jvp(layer, d.fwd, a_dot, b_dot, damp_dot); })
+      .def("jvp", [](Layer& layer, Callback& c, Opt b_dot,
+                     double damp_dot) { return jvp(layer, c.fwd, Opt{}, b_dot, damp_dot); })
       // Tangents of a callable's params as the products Ȧv and Ȧᴴu (NumPy in, NumPy out).
       .def("jvp", [](Layer& layer, Callback& c, py::function a_dot, py::function a_dot_adjoint,
                      Opt b_dot, double damp_dot) {

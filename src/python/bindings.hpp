@@ -27,6 +27,29 @@ struct SolveArgs {
   bool show, calc_var;
 };
 
+/// The number of nonzeros of compressed arrays (indptr of length outer + 1, indices and
+/// `values` entries) after one O(nnz) pass that refuses malformed arrays (scipy's check=False,
+/// torch's check_invariants=False), so that products cannot read or write out of bounds.
+template <class StorageIndex>
+Index compressed_nonzeros(Index outer, Index inner, const py::array_t<StorageIndex>& indptr,
+                          const py::array_t<StorageIndex>& indices, Index values) {
+  if (indptr.size() != outer + 1 || values != indices.size() ||
+      (indptr.size() > 0 && indptr.data()[outer] > values))
+    throw std::invalid_argument("difflsq: inconsistent sparse matrix arrays");
+  const StorageIndex* ptr = indptr.data();
+  const StorageIndex* idx = indices.data();
+  if (ptr[0] != 0) throw std::invalid_argument("difflsq: sparse indptr must start at 0");
+  for (Index k = 0; k < outer; ++k)
+    if (ptr[k + 1] < ptr[k])
+      throw std::invalid_argument("difflsq: sparse indptr is not non-decreasing");
+  const Index nnz = ptr[outer];
+  for (Index k = 0; k < nnz; ++k)
+    if (idx[k] < 0 || idx[k] >= inner)
+      throw std::invalid_argument("difflsq: sparse index " + std::to_string(idx[k]) +
+                                  " out of range [0, " + std::to_string(inner) + ")");
+  return nnz;
+}
+
 /// Sparse matrices up to this many nonzeros get a transposed index (see CompressedOperator).
 inline constexpr Index kTransposedIndexNonzeros = 1 << 20;
 
@@ -210,25 +233,8 @@ void register_scalar(py::module_& m, const std::string& suffix) {
           [](bool csr, Index rows, Index cols, py::array_t<Scalar> data,
              py::array_t<StorageIndex> indices, py::array_t<StorageIndex> indptr, PyArray<Scalar> b,
              Opt x0, SolveArgs args) {
-            const Index outer = csr ? rows : cols;
-            if (indptr.size() != outer + 1 || data.size() != indices.size() ||
-                (indptr.size() > 0 && indptr.data()[outer] > data.size()))
-              throw std::invalid_argument("difflsq: inconsistent sparse matrix arrays");
-            const Index nnz = indptr.data()[outer];
-            // One O(nnz) pass so that a malformed matrix (check=False) cannot make the
-            // products read or write out of bounds.
-            const Index inner = csr ? cols : rows;
-            const StorageIndex* ptr = indptr.data();
-            const StorageIndex* idx = indices.data();
-            if (ptr[0] != 0)
-              throw std::invalid_argument("difflsq: sparse indptr must start at 0");
-            for (Index k = 0; k < outer; ++k)
-              if (ptr[k + 1] < ptr[k])
-                throw std::invalid_argument("difflsq: sparse indptr is not non-decreasing");
-            for (Index k = 0; k < nnz; ++k)
-              if (idx[k] < 0 || idx[k] >= inner)
-                throw std::invalid_argument("difflsq: sparse index " + std::to_string(idx[k]) +
-                                            " out of range [0, " + std::to_string(inner) + ")");
+            const Index nnz = compressed_nonzeros(csr ? rows : cols, csr ? cols : rows, indptr,
+                                                  indices, data.size());
             // Up to kTransposedIndexNonzeros nonzeros a transposed index makes both products
             // gathers, over sliced copies of A and Aᵀ (about 2 × 12 bytes a nonzero for
             // double; the arrays passed in are then not read again); larger matrices are not

@@ -1,5 +1,6 @@
 """difflsq.torch.lstsq: values and gradients against dense references computed by torch itself
 (damped normal equations, pseudo-inverse), torch.autograd.gradcheck, and the error paths."""
+import math
 import warnings
 
 import pytest
@@ -718,3 +719,137 @@ def test_negative_views_are_read_as_their_values():
     assert A.is_neg() and b.is_neg()
     x = dt.lstsq(A, b, 0.1, **TIGHT)
     assert torch.allclose(x, dense_reference(A.clone(), b.clone(), 0.1), rtol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------
+# Sparse A (COO or CSR): products in C++, the stored entries are the parameters.
+
+def random_sparse_pattern(m, n, g):
+    """Indices (2, nnz) of about half of an m x n matrix, the diagonal among them (full rank
+    in practice), in a shuffled order with two duplicated entries (an uncoalesced COO)."""
+    keep = torch.rand(m, n, generator=g) < 0.5
+    keep[torch.arange(min(m, n)), torch.arange(min(m, n))] = True
+    idx = keep.nonzero().T
+    idx = idx[:, torch.randperm(idx.shape[1], generator=g)]
+    return torch.cat([idx, idx[:, :2]], dim=1)
+
+
+SPARSE_CASES = [(12, 7, 0.0), (12, 7, 0.25), (7, 12, 0.0), (7, 12, 0.25)]
+
+
+@pytest.mark.parametrize("m,n,lam", SPARSE_CASES)
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+@pytest.mark.parametrize("dtype", [F64, C128], ids=["float64", "complex128"])
+@pytest.mark.parametrize("method", ["lsmr", "lsqr", "cgls"])
+def test_sparse_A_values_and_gradients_match_dense_reference(m, n, lam, layout, dtype, method):
+    g = torch.Generator().manual_seed(31 + m)
+    idx = random_sparse_pattern(m, n, g)
+    vals = torch.randn(idx.shape[1], dtype=dtype, generator=g)
+    b0 = torch.randn(m, dtype=dtype, generator=g)
+    w = torch.randn(n, dtype=dtype, generator=g)
+    A_coo = torch.sparse_coo_tensor(idx, vals, (m, n))
+    A = (A_coo.coalesce() if layout == "coo" else A_coo.to_sparse_csr()).requires_grad_()
+    b = b0.clone().requires_grad_()
+    d = torch.tensor(lam, dtype=F64, requires_grad=True)
+    x = dt.lstsq(A, b, d, method=method, **TIGHT)
+    torch.vdot(w, x).real.backward()
+    # The reference: the same matrix, dense, through torch's own dense algebra.
+    D = A_coo.to_dense().requires_grad_()
+    rb = b0.clone().requires_grad_()
+    rd = torch.tensor(lam, dtype=F64, requires_grad=True)
+    rx = dense_reference(D, rb, rd)
+    torch.vdot(w, rx).real.backward()
+    assert x.dtype == dtype
+    assert torch.allclose(x.detach(), rx.detach(), rtol=1e-9, atol=1e-11)
+    assert torch.allclose(b.grad, rb.grad, rtol=1e-7, atol=1e-9)
+    if lam > 0:
+        assert torch.allclose(d.grad, rd.grad, rtol=1e-7, atol=1e-9)
+    # The gradient is sparse, of A's layout and pattern: Ā at the stored entries.
+    assert A.grad.layout == A.layout
+    G = A.grad.to_dense()
+    stored = A_coo.coalesce().to_dense() != 0
+    assert torch.count_nonzero(G[~stored]) == 0
+    assert torch.allclose(G[stored], D.grad[stored], rtol=1e-7, atol=1e-9)
+    if layout == "csr":
+        assert torch.equal(A.grad.crow_indices(), A.crow_indices())
+        assert torch.equal(A.grad.col_indices(), A.col_indices())
+    else:
+        assert torch.equal(A.grad.coalesce().indices(), A.indices())
+
+
+def test_sparse_A_built_from_values_uncoalesced_gradcheck_and_float32():
+    """The usual way to learn a sparse matrix: A = sparse_coo_tensor(indices, values) with the
+    values requiring grad; duplicated indices add up, and each duplicate gets that entry's
+    gradient."""
+    g = torch.Generator().manual_seed(5)
+    m, n = 10, 6
+    idx = random_sparse_pattern(m, n, g)
+    vals = torch.randn(idx.shape[1], dtype=F64, generator=g)
+    b = torch.randn(m, 2, dtype=F64, generator=g)
+
+    def solve(v, rhs):
+        return dt.lstsq(torch.sparse_coo_tensor(idx, v, (m, n)), rhs, 0.1, **TIGHT)
+
+    assert torch.autograd.gradcheck(solve, (vals.clone().requires_grad_(),
+                                            b.clone().requires_grad_()))
+    # The two duplicates (the first two entries, repeated at the end) get equal gradients.
+    v = vals.clone().requires_grad_()
+    solve(v, b).sum().backward()
+    assert torch.equal(v.grad[:2], v.grad[-2:])
+    # float32 in, float32 out and gradients, close to float64.
+    v32 = vals.float().requires_grad_()
+    x32 = dt.lstsq(torch.sparse_coo_tensor(idx, v32, (m, n)), b.float(), 0.1)
+    x32.sum().backward()
+    assert x32.dtype == torch.float32 and v32.grad.dtype == torch.float32
+    assert torch.allclose(x32.double(), solve(vals, b), rtol=1e-4, atol=1e-5)
+    assert torch.allclose(v32.grad.double(), v.grad, rtol=1e-3, atol=1e-4)
+
+
+def test_sparse_A_forward_mode_along_b_and_damp():
+    """torch 1.13 has no forward-mode AD of sparse tensors; tangents of b and damp work."""
+    g = torch.Generator().manual_seed(6)
+    m, n = 9, 5
+    idx = random_sparse_pattern(m, n, g)
+    A = torch.sparse_coo_tensor(idx, torch.randn(idx.shape[1], dtype=F64, generator=g), (m, n))
+    b, tb = torch.randn(m, dtype=F64, generator=g), torch.randn(m, dtype=F64, generator=g)
+    with fwAD.dual_level():
+        x = dt.lstsq(A, fwAD.make_dual(b, tb),
+                     fwAD.make_dual(torch.tensor(0.2, dtype=F64), torch.tensor(0.5, dtype=F64)),
+                     **TIGHT)
+        xdot = fwAD.unpack_dual(x).tangent
+    with fwAD.dual_level():
+        r = dense_reference(A.to_dense(), fwAD.make_dual(b, tb),
+                            fwAD.make_dual(torch.tensor(0.2, dtype=F64),
+                                           torch.tensor(0.5, dtype=F64)))
+        rdot = fwAD.unpack_dual(r).tangent
+    assert torch.allclose(xdot, rdot, rtol=1e-8, atol=1e-10)
+
+
+def test_sparse_A_bad_input_and_inputs_not_modified():
+    i = torch.tensor([[0, 1, 2], [0, 1, 1]])
+    b = torch.ones(3, dtype=F64)
+    with pytest.raises(ValueError, match="dense dimensions"):
+        dt.lstsq(torch.sparse_coo_tensor(i, torch.ones(3, 2, dtype=F64), (3, 2, 2)), b)
+    with pytest.raises(ValueError, match="not finite"):
+        dt.lstsq(torch.sparse_coo_tensor(i, torch.tensor([1.0, math.nan, 2.0], dtype=F64),
+                                         (3, 2)), b)
+    with pytest.raises(TypeError, match="layout"):
+        dt.lstsq(torch.sparse_coo_tensor(i, torch.ones(3, dtype=F64), (3, 2)).to_sparse_csc(), b)
+    with pytest.raises(TypeError, match="dtype"):
+        dt.lstsq(torch.sparse_coo_tensor(i, torch.ones(3, dtype=F64), (3, 2)), b.float())
+    with pytest.raises(ValueError, match="params"):
+        dt.lstsq(torch.sparse_coo_tensor(i, torch.ones(3, dtype=F64), (3, 2)), b,
+                 params=(torch.ones(1),))
+    # An empty pattern: A = 0, x = 0, zero gradients of A's layout.
+    A0 = torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.int64), torch.zeros(0, dtype=F64),
+                                 (3, 2)).requires_grad_()
+    x = dt.lstsq(A0, b, 0.1)
+    x.sum().backward()
+    assert torch.equal(x.detach(), torch.zeros(2, dtype=F64))
+    assert A0.grad.layout == torch.sparse_coo and A0.grad._nnz() == 0
+    # Nothing the caller passed changes.
+    A = torch.sparse_coo_tensor(i, torch.tensor([1.0, 2.0, 3.0], dtype=F64), (3, 2))
+    before = A.clone()
+    dt.lstsq(A, b, 0.1)
+    assert torch.equal(A._indices(), before._indices())
+    assert torch.equal(A._values(), before._values())

@@ -79,7 +79,13 @@ class _Lstsq(torch.autograd.Function):
         m, n = cfg["shape"]
         B = b.reshape(m, _ncols(b))
         damp_value = float(damp)
-        if A is not None:
+        if A is not None and A.layout != torch.strided:  # θ = the stored values, CSR order
+            indptr, indices, values = _csr_arrays(A)
+            cfg["pattern"] = (indptr, indices)
+            args = (m, n, indptr.numpy(), indices.numpy(), _numpy(values))
+            fwds = [cfg["layer"].forward_sparse(*args, _numpy(B[:, j]), damp_value)
+                    for j in range(B.shape[1])]
+        elif A is not None:
             a_np = _numpy(A)
             fwds = [cfg["layer"].forward_dense(a_np, _numpy(B[:, j]), damp_value)
                     for j in range(B.shape[1])]
@@ -133,15 +139,22 @@ class _Lstsq(torch.autograd.Function):
             if conv:  # θ̄ is the kernel's gradient
                 t = torch.from_numpy(theta)
                 kbar = t if kbar is None else kbar + t
-            elif theta is not None:  # dense A: θ̄ is Ā in row-major order
-                t = torch.from_numpy(theta).reshape(m, n)
+            elif theta is not None:  # dense A: θ̄ is Ā in row-major order; sparse: its values
+                t = torch.from_numpy(theta)
+                t = t if "pattern" in cfg else t.reshape(m, n)
                 abar = t if abar is None else abar + t
             else:
                 terms.extend(pairs)
         needs = ctx.needs_input_grad
+        pattern = cfg.get("pattern")
         if needs[1] and abar is None:  # no right-hand side (k = 0) or an empty A
-            abar = torch.zeros(m, n, dtype=dtype)
-        grad_A = abar.to(dtype) if needs[1] else None
+            abar = torch.zeros(m, n, dtype=dtype) if pattern is None else \
+                torch.zeros(pattern[1].numel(), dtype=dtype)
+        grad_A = None
+        if needs[1]:
+            A = ctx.saved_tensors[0]
+            grad_A = abar.to(dtype) if pattern is None else _with_values(A, *pattern,
+                                                                          abar.to(dtype))
         grad_b = _stack(grad_b_cols, m).reshape((m,) + tuple(grad_x.shape[1:])).to(dtype)
         grad_damp_t = torch.tensor(grad_damp, dtype=_real(dtype)) if needs[3] else None
         tensors, others = iter(ctx.saved_tensors[3:]), iter(ctx.other_params)
@@ -256,6 +269,29 @@ def _graph_leaves(y):
             leaves.add(id(fn.variable))
         stack.extend(f for f, _ in fn.next_functions)
     return leaves
+
+
+def _csr_arrays(A):
+    """(indptr, indices, values) of a sparse COO or CSR matrix A in CSR order, indices as int64;
+    a COO matrix is coalesced first (sorted by row, then column, duplicates summed: the matrix
+    they add up to is what is solved, and each duplicate gets that entry's gradient)."""
+    A = A.detach()
+    if A.layout == torch.sparse_coo:
+        A = A.coalesce()
+        rows, cols = A.indices()
+        counts = torch.bincount(rows, minlength=A.shape[0])
+        return torch.cat([counts.new_zeros(1), counts.cumsum(0)]), cols.contiguous(), A.values()
+    return A.crow_indices().to(torch.int64), A.col_indices().to(torch.int64), A.values()
+
+
+def _with_values(A, indptr, indices, values):
+    """The sparse matrix of A's layout with the pattern (indptr, indices) and these values."""
+    if A.layout == torch.sparse_coo:
+        rows = torch.repeat_interleave(torch.arange(A.shape[0]), indptr.diff())
+        return torch.sparse_coo_tensor(torch.stack([rows, indices]), values, A.shape)._coalesced_(
+            True)
+    return torch.sparse_csr_tensor(indptr.to(A.crow_indices().dtype),
+                                   indices.to(A.col_indices().dtype), values, A.shape)
 
 
 def _callbacks(op, params, m, n, dtype):
@@ -426,9 +462,11 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
     Parameters
     ----------
     A : Tensor (m, n), callable or Convolution1d
-        A matrix, or ``A(v, *params)`` computing A(θ)·v for a vector v of length n, linear in v
-        (then ``shape=(m, n)`` is required), or a :class:`Convolution1d` with
-        ``params=(kernel,)`` (products in C++).
+        A matrix (dense, or sparse COO or CSR: products in C++, the stored entries are the
+        parameters and its gradient is a sparse tensor of A's layout and pattern), or
+        ``A(v, *params)`` computing A(θ)·v for a vector v of length n, linear in v (then
+        ``shape=(m, n)`` is required), or a :class:`Convolution1d` with ``params=(kernel,)``
+        (products in C++).
     b : Tensor (m,) or (m, k)
         Right-hand side(s); k columns are k independent solves.
     damp : float or 0-d Tensor
@@ -452,8 +490,9 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
         istop, itn, r1norm, ...), after backward ``info["backward"]`` and after a forward-mode
         product ``info["jvp"]`` the (role, istop, itn) of each of their solves.
 
-    Forward-mode AD works for tensor A, b and damp, for the params of a callable and for the
-    kernel of a Convolution1d. Not supported, and an error rather than a wrong value:
+    Forward-mode AD works for dense tensor A, b and damp, for the params of a callable and for
+    the kernel of a Convolution1d (torch 1.13 has no forward-mode AD of sparse tensors; b's and
+    damp's tangents work with a sparse A). Not supported, and an error rather than a wrong value:
     differentiating the gradients (double backward, forward-over-reverse) or the forward-mode
     tangents (reverse-over-forward), and a callable that captures a tensor requiring grad
     instead of taking it in ``params``. vmap-batched gradients (``is_grads_batched``,
@@ -465,8 +504,14 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
     if method not in ("lsmr", "lsqr", "cgls"):
         raise ValueError(f"difflsq.torch: method must be 'lsmr', 'lsqr' or 'cgls', got {method!r}")
     if torch.is_tensor(A):
+        if A.layout not in (torch.strided, torch.sparse_coo, torch.sparse_csr):
+            raise TypeError(f"difflsq.torch: A must be a dense, sparse COO or sparse CSR tensor, "
+                            f"got layout {A.layout}")
         if A.dim() != 2:
-            raise ValueError(f"difflsq.torch: A must be 2-D, got shape {tuple(A.shape)}")
+            hybrid = A.layout == torch.sparse_coo and A.dense_dim() > 0
+            raise ValueError(f"difflsq.torch: A must be 2-D, got shape {tuple(A.shape)}"
+                             + (f" ({A.dense_dim()} of them dense dimensions of a hybrid "
+                                f"sparse tensor)" if hybrid else ""))
         if shape is not None and tuple(shape) != tuple(A.shape):
             raise ValueError(f"difflsq.torch: shape={tuple(shape)} but A has shape "
                              f"{tuple(A.shape)}")
