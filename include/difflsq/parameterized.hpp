@@ -154,6 +154,13 @@ class SparseMatrixParameters : public CompressedOperator<Matrix> {
   void check(Index size) const { detail::check_parameter_count(size, parameter_count()); }
 };
 
+/// The operators keep a reference to the matrix: a temporary (e.g. a Map made in the call)
+/// would dangle.
+template <class Matrix>
+void parameterized(const Matrix&&) = delete;
+template <class Matrix>
+void parameterized(const Matrix&&, SparseOptions) = delete;
+
 /// The sparse matrix `a` as a parameterized operator (θ = its stored values).
 template <class Matrix>
 requires std::derived_from<Matrix, Eigen::SparseMatrixBase<Matrix>> SparseMatrixParameters<Matrix>

@@ -141,6 +141,14 @@ struct SparseOptions {
   bool simd = true;
 };
 
+/// Options for a matrix with `nonzeros` stored entries, as the Python module and the LibTorch
+/// layer choose them: a transposed index (both products gather, over sliced copies of A and
+/// Aᵀ: about twice the matrix's memory) up to 2²⁰ nonzeros, none above, where the copies would
+/// cost more memory than their speed is worth (docs/benchmarks.md, "sparse layouts").
+inline SparseOptions sparse_options_for(Index nonzeros) {
+  return SparseOptions{.transposed_index = nonzeros <= (Index(1) << 20)};
+}
+
 template <class Matrix>
 class CompressedOperator {
  public:

@@ -10,7 +10,9 @@
 //     torch::Tensor x = difflsq::lstsq(conv, {m, n}, b, damp, {kernel});  // gradients reach kernel
 //
 // For a tensor A the forward pass runs the solver on the tensor's memory (no copy for a
-// contiguous A). For a callable, A·v calls fn without autograd and Aᴴ·u is a vector–Jacobian
+// contiguous A). A sparse COO (coalesced here) or CSR A runs as a CSR matrix whose stored values
+// are the parameters (SparseMatrixParameters): its gradient is a sparse tensor of A's layout
+// and pattern. For a callable, A·v calls fn without autograd and Aᴴ·u is a vector–Jacobian
 // product through one recorded application of fn; θ̄ is one autograd pass over Σ Re⟨u, A(θ)v⟩
 // for the rank-one terms Σ u vᴴ of Ā. The backward pass is the adjoint rule of layer.hpp
 // (docs/gradients.md). CPU tensors, float32, float64, complex64 or complex128 (kept; damp is
@@ -92,6 +94,17 @@ namespace detail {
 template <class Scalar>
 using TensorMap =
     Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+template <class Scalar>
+using CsrMap = Eigen::Map<const Eigen::SparseMatrix<Scalar, Eigen::RowMajor, int64_t>>;
+
+inline bool is_sparse(const torch::Tensor& t) {
+  return t.layout() == torch::kSparse || t.layout() == torch::kSparseCsr;
+}
+
+/// The stored values of a sparse COO (as stored, duplicates included) or CSR tensor.
+inline torch::Tensor stored_values(const torch::Tensor& t) {
+  return t.layout() == torch::kSparse ? t._values() : t.values();
+}
 
 template <class Scalar>
 constexpr torch::ScalarType torch_dtype() {
@@ -189,6 +202,55 @@ struct OptionsHolder : torch::CustomClassHolder {
 /// not apply) are resolved first.
 inline torch::Tensor dense(const torch::Tensor& t) {
   return t.resolve_conj().resolve_neg().contiguous();
+}
+
+/// A sparse COO or CSR matrix as CSR with int64 indices and contiguous values, in the order of
+/// SparseMatrixParameters' θ; a COO matrix is coalesced first (sorted, duplicates summed: the
+/// matrix they add up to is what is solved).
+inline torch::Tensor csr64(const torch::Tensor& a) {
+  auto c = a.detach();
+  if (c.layout() == torch::kSparse) {
+    c = c.coalesce();
+    // A tensor flagged coalesced must also be sorted without duplicates for its CSR form to be
+    // its matrix; one built with the flag set but unsorted is coalesced afresh.
+    const auto key = c._indices()[0] * c.size(1) + c._indices()[1];
+    if (key.numel() > 1 && !(key.slice(0, 1) > key.slice(0, 0, -1)).all().item<bool>())
+      c = torch::sparse_coo_tensor(c._indices(), c._values(), c.sizes()).coalesce();
+    c = c.to_sparse_csr();
+  }
+  return torch::sparse_csr_tensor(c.crow_indices().to(torch::kLong).contiguous(),
+                                  c.col_indices().to(torch::kLong).contiguous(), dense(c.values()),
+                                  c.sizes(), c.values().options().layout(torch::kSparseCsr));
+}
+
+/// The sparse matrix of `like`'s layout (COO or CSR) with csr's pattern and these values.
+inline torch::Tensor with_values(const torch::Tensor& like, const torch::Tensor& csr,
+                                 const torch::Tensor& values) {
+  const auto crow = csr.crow_indices(), col = csr.col_indices();
+  if (like.layout() == torch::kSparseCsr)
+    return torch::sparse_csr_tensor(crow.to(like.crow_indices().scalar_type()),
+                                    col.to(like.col_indices().scalar_type()), values, csr.sizes(),
+                                    values.options().layout(torch::kSparseCsr));
+  const auto rows = torch::repeat_interleave(torch::arange(csr.size(0), crow.options()),
+                                             crow.slice(0, 1) - crow.slice(0, 0, -1));
+  return torch::sparse_coo_tensor(torch::stack({rows, col}), values, csr.sizes(),
+                                  values.options().layout(torch::kSparse))
+      ._coalesced_(true);
+}
+
+/// f(op) for the parameterized operator of a checked A: a dense (contiguous) one, θ = its
+/// entries in row-major order, or a csr64() one, θ = its stored values.
+template <class Scalar, class F>
+decltype(auto) with_parameters(const torch::Tensor& a, F&& f) {
+  const Index m = a.size(0), n = a.size(1);
+  if (a.layout() == torch::kSparseCsr) {
+    const auto crow = a.crow_indices(), col = a.col_indices(), values = a.values();
+    const CsrMap<Scalar> map(m, n, values.numel(), crow.data_ptr<int64_t>(),
+                             col.data_ptr<int64_t>(), data<Scalar>(values));
+    return f(parameterized(map, sparse_options_for(values.numel())));
+  }
+  const TensorMap<Scalar> map(data<Scalar>(a), m, n);
+  return f(parameterized(map));
 }
 
 inline void check_tensor(const torch::Tensor& t, const std::string& name) {
@@ -516,7 +578,7 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
                                const torch::Tensor& b, const torch::Tensor& damp,
                                const TorchLstsqOptions& options,
                                detail::TangentRequest* tangents = nullptr) {
-    const auto ac = detail::dense(a);
+    const auto ac = detail::is_sparse(a) ? detail::csr64(a) : detail::dense(a);
     const auto b2 = detail::dense(detail::as_columns(b, a.size(0)));
     torch::Tensor x, r, status, anorm;  // status: (status, iterations) per column
     detail::dispatch(a.scalar_type(), [&](auto s) {
@@ -558,9 +620,17 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
                           const TorchLstsqOptions& options, detail::TangentRequest* tangents,
                           torch::Tensor& x, torch::Tensor& r, torch::Tensor& status,
                           torch::Tensor& anorm) {
-    const Index m = a.size(0), n = a.size(1), k = b.size(1);
-    const detail::TensorMap<Scalar> map(detail::data<Scalar>(a), m, n);
-    const auto op = parameterized(map);
+    detail::with_parameters<Scalar>(a, [&](const auto& op) {
+      forward_columns<Scalar>(op, b, damp, options, tangents, x, r, status, anorm);
+    });
+  }
+
+  template <class Scalar, class Op>
+  static void forward_columns(const Op& op, const torch::Tensor& b, const torch::Tensor& damp,
+                              const TorchLstsqOptions& options, detail::TangentRequest* tangents,
+                              torch::Tensor& x, torch::Tensor& r, torch::Tensor& status,
+                              torch::Tensor& anorm) {
+    const Index m = op.rows(), n = op.cols(), k = b.size(1);
     LeastSquares<Scalar> layer(detail::layer_options<Scalar>(options));
     const auto lam = static_cast<RealOf<Scalar>>(damp.item<double>());
     status = torch::empty({k, 2}, torch::kLong);
@@ -571,7 +641,8 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
     if (tangents) {
       t.emplace(*tangents, m);
       if (tangents->a.defined())  // Ȧ is θ̇ of the row-major matrix parameters (a's layout)
-        t->t.theta = Eigen::Map<const Vector<Scalar>>(detail::data<Scalar>(tangents->a), m * n);
+        t->t.theta = Eigen::Map<const Vector<Scalar>>(detail::data<Scalar>(tangents->a),
+                                                      op.parameter_count());
     }
     for (Index j = 0; j < k; ++j) {
       const Eigen::Map<const Vector<Scalar>> bj(detail::data<Scalar>(bt) + j * m, m);
@@ -597,10 +668,23 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
   static void run_backward(torch::autograd::AutogradContext* ctx,
                            const torch::autograd::variable_list& saved, const torch::Tensor& xbar,
                            torch::Tensor& abar, torch::Tensor& bbar, torch::Tensor& dbar) {
-    const auto &a = saved[0], &b = saved[1], &x = saved[2], &r = saved[3], &damp = saved[4];
-    const Index m = a.size(0), n = a.size(1), k = b.size(1);
-    const detail::TensorMap<Scalar> map(detail::data<Scalar>(a), m, n);
-    const auto op = parameterized(map);
+    const auto& a = saved[0];
+    const Vector<Scalar> theta = detail::with_parameters<Scalar>(a, [&](const auto& op) {
+      return backward_columns<Scalar>(ctx, op, saved, xbar, bbar, dbar);
+    });
+    const auto t = detail::to_tensor<Scalar>(theta);
+    abar = detail::is_sparse(a) ? detail::with_values(saved[5], a, t)
+                                : t.reshape({a.size(0), a.size(1)});  // θ is row-major Ā
+  }
+
+  /// θ̄, with b̄ and λ̄ written to bbar and dbar.
+  template <class Scalar, class Op>
+  static Vector<Scalar> backward_columns(torch::autograd::AutogradContext* ctx, const Op& op,
+                                         const torch::autograd::variable_list& saved,
+                                         const torch::Tensor& xbar, torch::Tensor& bbar,
+                                         torch::Tensor& dbar) {
+    const auto &b = saved[1], &x = saved[2], &r = saved[3], &damp = saved[4];
+    const Index m = op.rows(), n = op.cols(), k = b.size(1);
     const auto& options = options_from(ctx);
     LeastSquares<Scalar> layer(detail::layer_options<Scalar>(options));
     const auto status = ctx->saved_data["status"].toTensor();
@@ -610,12 +694,12 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
     auto col = [](const torch::Tensor& t, Index j, Index len) {
       return Eigen::Map<const Vector<Scalar>>(detail::data<Scalar>(t) + j * len, len);
     };
-    Vector<Scalar> theta = Vector<Scalar>::Zero(m * n);
+    Vector<Scalar> theta = Vector<Scalar>::Zero(op.parameter_count());
     std::vector<Vector<Scalar>> bbars(k);
     double dsum = 0;
     for (Index j = 0; j < k; ++j) {
       // The saved context of column j, rebuilt from the saved tensors.
-      Forward<MatrixParameters<detail::TensorMap<Scalar>>> f;
+      Forward<Op> f;
       f.op = &op;
       f.b = col(bt, j, m);
       f.x = col(xt, j, n);
@@ -630,9 +714,9 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
       bbars[j] = std::move(g.b);
       dsum += static_cast<double>(g.damp);
     }
-    abar = detail::to_tensor<Scalar>(theta).reshape({m, n});  // θ is row-major Ā
     bbar = detail::from_columns(bbars, m);
     dbar = torch::full({}, dsum, damp.options());
+    return theta;
   }
 };
 
@@ -744,11 +828,16 @@ inline void check_inputs(const torch::Tensor& a, const torch::Tensor& b,
                          const torch::Tensor& damp) {
   check_tensor(a, "A");
   if (a.dim() != 2) throw std::invalid_argument("difflsq::lstsq: A must be 2-D");
+  if (a.layout() == torch::kSparse && a.dense_dim() != 0)
+    throw std::invalid_argument(
+        "difflsq::lstsq: a sparse COO A must have 2 sparse and no dense dimensions");
   dispatch(a.scalar_type(), [](auto) {});
   check_b_and_damp(b, damp, a.size(0), a.scalar_type());
-  if (a.layout() != torch::kStrided)
-    throw std::invalid_argument("difflsq::lstsq: A must be a dense (strided) tensor");
-  if (!torch::isfinite(primal_of(a)).all().item<bool>())
+  if (a.layout() != torch::kStrided && !is_sparse(a))
+    throw std::invalid_argument(
+        "difflsq::lstsq: A must be a dense (strided), sparse COO or sparse CSR tensor");
+  const auto primal = primal_of(a);
+  if (!torch::isfinite(is_sparse(a) ? stored_values(primal) : primal).all().item<bool>())
     throw std::invalid_argument("difflsq::lstsq: A is not finite");
 }
 
@@ -821,6 +910,10 @@ inline std::vector<torch::Tensor> saveable(std::vector<torch::Tensor> params) {
 /// The tangents of request checked against the inputs they belong to (damp's reshaped to 0-d).
 inline void check_tangents(TangentRequest& t, const torch::Tensor* a, const torch::Tensor& b,
                            const torch::Tensor& damp, const std::vector<torch::Tensor>& params) {
+  if (a && t.a.defined() && is_sparse(*a))  // LibTorch 1.13 has no sparse forward mode either
+    throw std::invalid_argument(
+        "difflsq::lstsq: forward mode along a sparse A is not supported (tangents of b and damp "
+        "are)");
   if (a) t.a = checked_tangent(t.a, *a, "A");
   t.b = checked_tangent(t.b, b, "b");
   t.damp = checked_tangent(t.damp, damp, "damp");

@@ -37,24 +37,30 @@ struct DenseForward {
 template <class Scalar>
 using CsrMap = Eigen::Map<const Eigen::SparseMatrix<Scalar, Eigen::RowMajor, std::int64_t>>;
 
-/// A forward pass on a CSR matrix (int64 indices) whose stored values are the parameters: owns
-/// references to the arrays, the operator and the saved context (never moves).
+/// A CSR matrix (int64 indices) whose stored values are the parameters, as an operator that
+/// owns references to the arrays. The forward passes of all columns of b share one (it holds
+/// the sliced copies of A and Aᵀ) and keep it alive for their backward passes.
 template <class Scalar>
-struct SparseForward {
-  py::array_t<std::int64_t> indptr, indices;
-  py::array_t<Scalar> values;
+struct SparseMatrix {
+  CArray<std::int64_t> indptr, indices;
+  CArray<Scalar> values;
   CsrMap<Scalar> map;
   SparseMatrixParameters<CsrMap<Scalar>> op;
-  Forward<SparseMatrixParameters<CsrMap<Scalar>>> fwd;
-  SparseForward(Index m, Index n, py::array_t<std::int64_t> ptr, py::array_t<std::int64_t> idx,
-                py::array_t<Scalar> vals)
+  SparseMatrix(Index m, Index n, CArray<std::int64_t> ptr, CArray<std::int64_t> idx,
+               CArray<Scalar> vals)
       : indptr(std::move(ptr)),
         indices(std::move(idx)),
         values(std::move(vals)),
-        map(m, n, compressed_nonzeros(m, n, indptr, indices, values.size()), indptr.data(),
-            indices.data(), values.data()),
-        // As the SciPy drop-in does: both products gather up to kTransposedIndexNonzeros.
-        op(map, SparseOptions{.transposed_index = map.nonZeros() <= kTransposedIndexNonzeros}) {}
+        map(m, n, compressed_nonzeros(m, n, indptr, indices, values), indptr.data(), indices.data(),
+            values.data()),
+        op(map, sparse_options_for(map.nonZeros())) {}
+};
+
+/// The forward pass of one column of b on a SparseMatrix.
+template <class Scalar>
+struct SparseForward {
+  std::shared_ptr<const SparseMatrix<Scalar>> matrix;
+  Forward<SparseMatrixParameters<CsrMap<Scalar>>> fwd;
 };
 
 template <class Scalar>
@@ -242,19 +248,24 @@ void register_layer(py::module_& m, const std::string& suffix) {
            })
       .def(
           "forward_sparse",
-          [](Layer& layer, Index rows, Index cols, py::array_t<std::int64_t> indptr,
-             py::array_t<std::int64_t> indices, py::array_t<Scalar> values, PyArray<Scalar> b,
-             double damp) {
-            auto s = std::make_unique<Sparse>(rows, cols, std::move(indptr), std::move(indices),
-                                              std::move(values));
-            if (!Eigen::Map<const Vector<Scalar>>(s->map.valuePtr(), s->map.nonZeros()).allFinite())
+          [](Layer& layer, Index rows, Index cols, CArray<std::int64_t> indptr,
+             CArray<std::int64_t> indices, CArray<Scalar> values,
+             const std::vector<PyArray<Scalar>>& columns, double damp) {
+            auto a = std::make_shared<const SparseMatrix<Scalar>>(
+                rows, cols, std::move(indptr), std::move(indices), std::move(values));
+            if (!Eigen::Map<const Vector<Scalar>>(a->map.valuePtr(), a->map.nonZeros()).allFinite())
               throw std::invalid_argument("difflsq: A is not finite (it has NaN or Inf entries)");
-            const auto bv = as_vector(b, "b");
-            {
-              py::gil_scoped_release nogil;
-              s->fwd = layer.forward(s->op, bv, Real(damp));
+            std::vector<std::unique_ptr<Sparse>> out;  // one forward pass per column of b
+            for (const auto& b : columns) {
+              const auto bv = as_vector(b, "b");
+              auto f = std::make_unique<Sparse>(Sparse{a, {}});
+              {
+                py::gil_scoped_release nogil;
+                f->fwd = layer.forward(a->op, bv, Real(damp));
+              }
+              out.push_back(std::move(f));
             }
-            return s;
+            return out;
           })
       .def("forward_callback",
            [](Layer& layer, Index rows, Index cols, py::function matvec, py::function rmatvec,

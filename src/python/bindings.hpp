@@ -27,14 +27,22 @@ struct SolveArgs {
   bool show, calc_var;
 };
 
-/// The number of nonzeros of compressed arrays (indptr of length outer + 1, indices and
-/// `values` entries) after one O(nnz) pass that refuses malformed arrays (scipy's check=False,
-/// torch's check_invariants=False), so that products cannot read or write out of bounds.
+/// The number of nonzeros of compressed arrays (1-D and C-contiguous: indptr of length
+/// outer + 1, indices and values) after one O(nnz) pass that refuses malformed arrays (scipy's
+/// check=False, torch's check_invariants=False), so that products cannot read or write out of
+/// bounds.
+template <class T>
+using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
 template <class StorageIndex>
-Index compressed_nonzeros(Index outer, Index inner, const py::array_t<StorageIndex>& indptr,
-                          const py::array_t<StorageIndex>& indices, Index values) {
-  if (indptr.size() != outer + 1 || values != indices.size() ||
-      (indptr.size() > 0 && indptr.data()[outer] > values))
+Index compressed_nonzeros(Index outer, Index inner, const CArray<StorageIndex>& indptr,
+                          const CArray<StorageIndex>& indices, const py::array& values) {
+  if (outer < 0 || inner < 0)
+    throw std::invalid_argument("difflsq: a sparse matrix's shape must not be negative");
+  if (indptr.ndim() != 1 || indices.ndim() != 1 || values.ndim() != 1)
+    throw std::invalid_argument("difflsq: sparse matrix arrays must be 1-D");
+  if (indptr.size() != outer + 1 || values.size() != indices.size() ||
+      indptr.data()[outer] > values.size())
     throw std::invalid_argument("difflsq: inconsistent sparse matrix arrays");
   const StorageIndex* ptr = indptr.data();
   const StorageIndex* idx = indices.data();
@@ -49,9 +57,6 @@ Index compressed_nonzeros(Index outer, Index inner, const py::array_t<StorageInd
                                   " out of range [0, " + std::to_string(inner) + ")");
   return nnz;
 }
-
-/// Sparse matrices up to this many nonzeros get a transposed index (see CompressedOperator).
-inline constexpr Index kTransposedIndexNonzeros = 1 << 20;
 
 template <class Scalar>
 using PyArray = py::array_t<Scalar, py::array::forcecast>;
@@ -230,16 +235,11 @@ void register_scalar(py::module_& m, const std::string& suffix) {
   auto sparse = [&m, &suffix]<class StorageIndex>(StorageIndex) {
     const std::string idx = sizeof(StorageIndex) == 4 ? "i32" : "i64";
     m.def(("_solve_sparse_" + suffix + "_" + idx).c_str(),
-          [](bool csr, Index rows, Index cols, py::array_t<Scalar> data,
-             py::array_t<StorageIndex> indices, py::array_t<StorageIndex> indptr, PyArray<Scalar> b,
-             Opt x0, SolveArgs args) {
-            const Index nnz = compressed_nonzeros(csr ? rows : cols, csr ? cols : rows, indptr,
-                                                  indices, data.size());
-            // Up to kTransposedIndexNonzeros nonzeros a transposed index makes both products
-            // gathers, over sliced copies of A and Aᵀ (about 2 × 12 bytes a nonzero for
-            // double; the arrays passed in are then not read again); larger matrices are not
-            // duplicated.
-            const SparseOptions sparse_options{.transposed_index = nnz <= kTransposedIndexNonzeros};
+          [](bool csr, Index rows, Index cols, CArray<Scalar> data, CArray<StorageIndex> indices,
+             CArray<StorageIndex> indptr, PyArray<Scalar> b, Opt x0, SolveArgs args) {
+            const Index nnz =
+                compressed_nonzeros(csr ? rows : cols, csr ? cols : rows, indptr, indices, data);
+            const SparseOptions sparse_options = sparse_options_for(nnz);
             if (csr) {
               Eigen::Map<const Eigen::SparseMatrix<Scalar, Eigen::RowMajor, StorageIndex>> map(
                   rows, cols, nnz, indptr.data(), indices.data(), data.data());

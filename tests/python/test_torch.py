@@ -828,8 +828,16 @@ def test_sparse_A_forward_mode_along_b_and_damp():
 def test_sparse_A_bad_input_and_inputs_not_modified():
     i = torch.tensor([[0, 1, 2], [0, 1, 1]])
     b = torch.ones(3, dtype=F64)
-    with pytest.raises(ValueError, match="dense dimensions"):
+    with pytest.raises(ValueError, match="no dense"):
         dt.lstsq(torch.sparse_coo_tensor(i, torch.ones(3, 2, dtype=F64), (3, 2, 2)), b)
+    with pytest.raises(ValueError, match="no dense"):  # 2-D, one sparse dimension
+        dt.lstsq(torch.sparse_coo_tensor(i[:1], torch.ones(3, 2, dtype=F64), (3, 2)), b)
+    # Flagged coalesced but not sorted: solved as the matrix it is.
+    j = torch.tensor([[1, 0], [0, 1]])
+    unsorted = torch.sparse_coo_tensor(j, torch.tensor([1.0, 2.0], dtype=F64), (2, 2))
+    unsorted._coalesced_(True)
+    assert torch.allclose(dt.lstsq(unsorted, torch.ones(2, dtype=F64), **TIGHT),
+                          torch.tensor([1.0, 0.5], dtype=F64))
     with pytest.raises(ValueError, match="not finite"):
         dt.lstsq(torch.sparse_coo_tensor(i, torch.tensor([1.0, math.nan, 2.0], dtype=F64),
                                          (3, 2)), b)
@@ -853,3 +861,26 @@ def test_sparse_A_bad_input_and_inputs_not_modified():
     dt.lstsq(A, b, 0.1)
     assert torch.equal(A._indices(), before._indices())
     assert torch.equal(A._values(), before._values())
+
+
+def test_sparse_binding_reads_strided_arrays_by_value_and_refuses_malformed_ones():
+    """The binding behind sparse A (internal API) is given arrays by the Python layer; a strided
+    or broadcast array must be read by its values, never as raw memory, and malformed arrays
+    must be an error, not an out-of-bounds read."""
+    import numpy as np
+    from difflsq import _core
+    layer = _core.Layer_f64("lsqr", 1e-12, 1e-12, 0.0, 0, None, "raise", None)
+    indptr, indices = np.array([0, 1, 2, 3]), np.array([0, 1, 1])
+    values = np.array([2.0, -1.0, 4.0, -1.0, 2.0, -1.0])[::2]  # [2, 4, 2], strided
+    b = np.array([2.0, 4.0, 2.0])
+    (f,) = layer.forward_sparse(3, 2, indptr, indices, values, [b], 0.0)
+    assert np.allclose(f.x, [1.0, 1.0])
+    (g,) = layer.forward_sparse(3, 2, indptr, indices, np.broadcast_to(2.0, (3,)), [b], 0.0)
+    assert np.allclose(g.x, [1.0, 1.5])
+    for args in ((-1, 2, np.array([], dtype=np.int64), indices[:0], values[:0]),
+                 (3, 2, indptr.reshape(2, 2), indices, values),
+                 (3, 2, np.array([0, 1, 2, 4]), indices, values),
+                 (3, 2, indptr, np.array([0, 1, 2]), values),
+                 (3, 2, np.array([1, 1, 2, 3]), indices, values)):
+        with pytest.raises(ValueError):
+            layer.forward_sparse(*args, [b], 0.0)

@@ -37,7 +37,7 @@ Grads run(Solve solve, const torch::Tensor& a0, const torch::Tensor& b0, double 
           const torch::Tensor& w) {
   auto a = a0.clone().requires_grad_(true);
   auto b = b0.clone().requires_grad_(true);
-  auto d = torch::full({}, lam, a0.options().dtype(c10::toRealValueType(a0.scalar_type())))
+  auto d = torch::full({}, lam, torch::dtype(c10::toRealValueType(a0.scalar_type())))
                .requires_grad_(true);
   auto x = solve(a, b, d);
   torch::real((x * w).sum()).backward();
@@ -339,8 +339,9 @@ DOCTEST_TEST_CASE("LibTorch layer: callables under InferenceMode, captured tenso
     DOCTEST_CHECK_THROWS_WITH_AS(difflsq::lstsq(a_nan, b0, 0.2, op),
                                  "difflsq::lstsq: A is not finite", std::invalid_argument);
   }
-  DOCTEST_CHECK_THROWS_WITH_AS(difflsq::lstsq(a0.to_sparse(), b0, 0.2, o),
-                               doctest::Contains("dense (strided)"), std::invalid_argument);
+  DOCTEST_CHECK_THROWS_WITH_AS(difflsq::lstsq(a0.to_sparse().to_sparse_csc(), b0, 0.2, o),
+                               doctest::Contains("dense (strided), sparse COO or sparse CSR"),
+                               std::invalid_argument);
 }
 
 DOCTEST_TEST_CASE("LibTorch layer: empty problems (m = 0 or n = 0) give empty or zero results") {
@@ -699,4 +700,105 @@ DOCTEST_TEST_CASE("LibTorch layer: statuses of every solve, and the warn and ign
   DOCTEST_CHECK(fm.info->forward.size() == 1);
   DOCTEST_CHECK(!fm.info->backward.empty());
   for (const auto& r : fm.info->backward) DOCTEST_CHECK(r.converged);
+}
+
+namespace {
+/// A random m × n sparse COO matrix (uncoalesced: about half the entries, the diagonal among
+/// them, in random order, the first two repeated at the end).
+torch::Tensor random_sparse(int64_t m, int64_t n, torch::Dtype dtype) {
+  auto keep = torch::rand({m, n}) < 0.5;
+  const auto diag = torch::arange(std::min(m, n));
+  keep.index_put_({diag, diag}, true);
+  auto idx = keep.nonzero().t();
+  idx = idx.index_select(1, torch::randperm(idx.size(1)));
+  idx = torch::cat({idx, idx.slice(1, 0, 2)}, 1);
+  return torch::sparse_coo_tensor(idx, torch::randn({idx.size(1)}, torch::dtype(dtype)), {m, n});
+}
+}  // namespace
+
+DOCTEST_TEST_CASE("LibTorch layer: sparse COO and CSR A, gradients on the pattern") {
+  torch::manual_seed(3);
+  struct Case {
+    int64_t m, n, k;
+    double lam;
+  };
+  for (const auto dtype : {torch::kDouble, torch::kComplexDouble})
+    for (const Case c :
+         {Case{12, 7, 0, 0.0}, Case{12, 7, 2, 0.25}, Case{7, 12, 0, 0.0}, Case{7, 12, 0, 0.25}})
+      for (const auto layout : {torch::kSparse, torch::kSparseCsr}) {
+        DOCTEST_CAPTURE(c.m);
+        DOCTEST_CAPTURE(c.n);
+        DOCTEST_CAPTURE(c.lam);
+        const std::string what = std::string(layout == torch::kSparse ? "COO " : "CSR ") +
+                                 (dtype == torch::kDouble ? "double" : "complex double");
+        DOCTEST_CAPTURE(what);
+        const auto coo = random_sparse(c.m, c.n, dtype);
+        const auto a0 = layout == torch::kSparse ? coo.coalesce() : coo.coalesce().to_sparse_csr();
+        const auto opts = torch::dtype(dtype);
+        const auto b = c.k ? torch::randn({c.m, c.k}, opts) : torch::randn({c.m}, opts);
+        const auto w = c.k ? torch::randn({c.n, c.k}, opts) : torch::randn({c.n}, opts);
+        difflsq::TorchLstsqOptions o;
+        o.forward = {1e-13, 1e-13, 0, 5000};
+        const auto got = run([&](auto& a, auto& b, auto& d) { return difflsq::lstsq(a, b, d, o); },
+                             a0, b, c.lam, w);
+        const auto ref = run(dense_reference, coo.to_dense(), b, c.lam, w);
+        DOCTEST_CHECK(close(got.x, ref.x, 1e-9, 1e-11));
+        DOCTEST_CHECK(close(got.b, ref.b, 1e-7, 1e-9));
+        if (c.lam > 0) DOCTEST_CHECK(close(got.damp, ref.damp, 1e-7, 1e-9));
+        // Ā is sparse, of A's layout and pattern: the dense gradient at the stored entries.
+        DOCTEST_REQUIRE((got.a.layout() == layout));
+        const auto stored = coo.coalesce().to_dense() != 0;
+        const auto ga = got.a.to_dense();
+        DOCTEST_CHECK(
+            torch::count_nonzero(ga.masked_select(stored.logical_not())).item<int64_t>() == 0);
+        DOCTEST_CHECK(close(ga.masked_select(stored), ref.a.masked_select(stored), 1e-7, 1e-9));
+      }
+}
+
+DOCTEST_TEST_CASE("LibTorch layer: sparse A built from values, float32, forward mode, errors") {
+  torch::manual_seed(4);
+  const auto coo = random_sparse(10, 6, torch::kDouble);
+  const auto idx = coo._indices();
+  const auto b = torch::randn({10}, torch::kDouble);
+  difflsq::TorchLstsqOptions o;
+  o.forward = {1e-13, 1e-13, 0, 5000};
+  // Gradients reach the values through at::sparse_coo_tensor (torch::sparse_coo_tensor makes a
+  // new leaf); duplicates get equal ones.
+  auto v = coo._values().clone().requires_grad_(true);
+  const auto x = difflsq::lstsq(at::sparse_coo_tensor(idx, v, {10, 6}), b, 0.1, o);
+  x.sum().backward();
+  auto vd = coo._values().clone().requires_grad_(true);
+  dense_reference(at::sparse_coo_tensor(idx, vd, {10, 6}).to_dense(), b,
+                  torch::full({}, 0.1, torch::kDouble))
+      .sum()
+      .backward();
+  DOCTEST_CHECK(close(v.grad(), vd.grad(), 1e-7, 1e-9));
+  DOCTEST_CHECK(torch::equal(v.grad().slice(0, 0, 2), v.grad().slice(0, -2)));
+  // float32 is kept.
+  const auto a32 = coo.to(torch::kFloat).coalesce().requires_grad_(true);
+  const auto x32 = difflsq::lstsq(a32, b.to(torch::kFloat), 0.1);
+  x32.sum().backward();
+  DOCTEST_CHECK((x32.scalar_type() == torch::kFloat));
+  DOCTEST_CHECK((a32.grad().scalar_type() == torch::kFloat));
+  DOCTEST_CHECK(close(x32.to(torch::kDouble), x.detach(), 1e-4, 1e-5));
+  // Forward mode along b and damp (not along a sparse A: LibTorch has none for sparse tensors).
+  const auto db = torch::randn({10}, torch::kDouble);
+  const auto d = torch::full({}, 0.1, torch::kDouble), dd = torch::full({}, 0.5, torch::kDouble);
+  const auto [xs, xdot] = difflsq::lstsq_jvp(coo, b, d, {}, db, dd, o);
+  const auto [xr, xrdot] = difflsq::lstsq_jvp(coo.to_dense(), b, d, {}, db, dd, o);
+  DOCTEST_CHECK(close(xs, xr, 1e-9, 1e-11));
+  DOCTEST_CHECK(close(xdot, xrdot, 1e-8, 1e-10));
+  DOCTEST_CHECK_THROWS_AS(difflsq::lstsq_jvp(coo, b, d, coo, db, dd, o), std::invalid_argument);
+  // Bad input: non-finite values, a hybrid tensor, a CSC layout.
+  auto bad = coo._values().clone();
+  bad[0] = std::nan("");
+  DOCTEST_CHECK_THROWS_AS(difflsq::lstsq(torch::sparse_coo_tensor(idx, bad, {10, 6}), b, 0.1),
+                          std::invalid_argument);
+  DOCTEST_CHECK_THROWS_AS(
+      difflsq::lstsq(
+          torch::sparse_coo_tensor(idx, torch::ones({idx.size(1), 2}, torch::kDouble), {10, 6, 2}),
+          b, 0.1),
+      std::invalid_argument);
+  DOCTEST_CHECK_THROWS_AS(difflsq::lstsq(coo.coalesce().to_sparse_csc(), b, 0.1),
+                          std::invalid_argument);
 }

@@ -82,9 +82,11 @@ class _Lstsq(torch.autograd.Function):
         if A is not None and A.layout != torch.strided:  # θ = the stored values, CSR order
             indptr, indices, values = _csr_arrays(A)
             cfg["pattern"] = (indptr, indices)
-            args = (m, n, indptr.numpy(), indices.numpy(), _numpy(values))
-            fwds = [cfg["layer"].forward_sparse(*args, _numpy(B[:, j]), damp_value)
-                    for j in range(B.shape[1])]
+            # One operator (and one copy of A in the products' layout) for all columns.
+            fwds = cfg["layer"].forward_sparse(m, n, indptr.numpy(), indices.numpy(),
+                                               _numpy(values),
+                                               [_numpy(B[:, j]) for j in range(B.shape[1])],
+                                               damp_value)
         elif A is not None:
             a_np = _numpy(A)
             fwds = [cfg["layer"].forward_dense(a_np, _numpy(B[:, j]), damp_value)
@@ -279,6 +281,11 @@ def _csr_arrays(A):
     if A.layout == torch.sparse_coo:
         A = A.coalesce()
         rows, cols = A.indices()
+        key = rows * A.shape[1] + cols
+        if key.numel() > 1 and not bool((key[1:] > key[:-1]).all()):
+            # Flagged coalesced but not sorted (torch trusts the flag): coalesce a fresh copy.
+            A = torch.sparse_coo_tensor(A.indices(), A.values(), A.shape).coalesce()
+            rows, cols = A.indices()
         counts = torch.bincount(rows, minlength=A.shape[0])
         return torch.cat([counts.new_zeros(1), counts.cumsum(0)]), cols.contiguous(), A.values()
     return A.crow_indices().to(torch.int64), A.col_indices().to(torch.int64), A.values()
@@ -507,11 +514,12 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
         if A.layout not in (torch.strided, torch.sparse_coo, torch.sparse_csr):
             raise TypeError(f"difflsq.torch: A must be a dense, sparse COO or sparse CSR tensor, "
                             f"got layout {A.layout}")
+        if A.layout == torch.sparse_coo and A.dense_dim() > 0:
+            raise ValueError(f"difflsq.torch: a sparse COO A must have 2 sparse and no dense "
+                             f"dimensions, got {A.sparse_dim()} sparse and {A.dense_dim()} dense "
+                             f"(shape {tuple(A.shape)})")
         if A.dim() != 2:
-            hybrid = A.layout == torch.sparse_coo and A.dense_dim() > 0
-            raise ValueError(f"difflsq.torch: A must be 2-D, got shape {tuple(A.shape)}"
-                             + (f" ({A.dense_dim()} of them dense dimensions of a hybrid "
-                                f"sparse tensor)" if hybrid else ""))
+            raise ValueError(f"difflsq.torch: A must be 2-D, got shape {tuple(A.shape)}")
         if shape is not None and tuple(shape) != tuple(A.shape):
             raise ValueError(f"difflsq.torch: shape={tuple(shape)} but A has shape "
                              f"{tuple(A.shape)}")
