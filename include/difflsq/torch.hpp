@@ -223,10 +223,11 @@ inline torch::Tensor csr64(const torch::Tensor& a) {
                                   c.sizes(), c.values().options().layout(torch::kSparseCsr));
 }
 
-/// The sparse matrix of `like`'s layout (COO or CSR) with csr's pattern and these values.
+/// The sparse matrix of `like`'s layout (COO or CSR) with csr's pattern and these values; its
+/// indices are its own (A's may be csr's: an in-place change of either must not reach the other).
 inline torch::Tensor with_values(const torch::Tensor& like, const torch::Tensor& csr,
                                  const torch::Tensor& values) {
-  const auto crow = csr.crow_indices(), col = csr.col_indices();
+  const auto crow = csr.crow_indices().clone(), col = csr.col_indices().clone();
   if (like.layout() == torch::kSparseCsr)
     return torch::sparse_csr_tensor(crow.to(like.crow_indices().scalar_type()),
                                     col.to(like.col_indices().scalar_type()), values, csr.sizes(),
@@ -251,6 +252,22 @@ decltype(auto) with_parameters(const torch::Tensor& a, F&& f) {
   }
   const TensorMap<Scalar> map(data<Scalar>(a), m, n);
   return f(parameterized(map));
+}
+
+/// Refuses a sparse A whose indices are out of range or (CSR) out of order before any torch
+/// operation reads them: tensors built with check_invariants off or by the _unsafe factories
+/// are not checked by torch.
+inline void check_sparse_pattern(const torch::Tensor& a) {
+  try {
+    if (a.layout() == torch::kSparse)
+      at::_validate_sparse_coo_tensor_args(a._indices(), a._values(), a.sizes());
+    else
+      at::_validate_sparse_csr_tensor_args(a.crow_indices(), a.col_indices(), a.values(),
+                                           a.sizes());
+  } catch (const c10::Error& e) {
+    throw std::invalid_argument(std::string("difflsq::lstsq: malformed sparse A: ") +
+                                e.what_without_backtrace());
+  }
 }
 
 inline void check_tensor(const torch::Tensor& t, const std::string& name) {
@@ -837,6 +854,7 @@ inline void check_inputs(const torch::Tensor& a, const torch::Tensor& b,
     throw std::invalid_argument(
         "difflsq::lstsq: A must be a dense (strided), sparse COO or sparse CSR tensor");
   const auto primal = primal_of(a);
+  if (is_sparse(a)) check_sparse_pattern(primal);
   if (!torch::isfinite(is_sparse(a) ? stored_values(primal) : primal).all().item<bool>())
     throw std::invalid_argument("difflsq::lstsq: A is not finite");
 }

@@ -27,13 +27,13 @@ struct SolveArgs {
   bool show, calc_var;
 };
 
-/// The number of nonzeros of compressed arrays (1-D and C-contiguous: indptr of length
-/// outer + 1, indices and values) after one O(nnz) pass that refuses malformed arrays (scipy's
-/// check=False, torch's check_invariants=False), so that products cannot read or write out of
-/// bounds.
+/// An array converted to C order and type T where it is not already (then a copy).
 template <class T>
 using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
+/// The number of nonzeros of compressed arrays (1-D: indptr of length outer + 1, indices and
+/// values) after one O(nnz) pass that refuses malformed arrays (scipy's check=False, torch's
+/// check_invariants=False), so that products cannot read or write out of bounds.
 template <class StorageIndex>
 Index compressed_nonzeros(Index outer, Index inner, const CArray<StorageIndex>& indptr,
                           const CArray<StorageIndex>& indices, const py::array& values) {
@@ -58,8 +58,10 @@ Index compressed_nonzeros(Index outer, Index inner, const CArray<StorageIndex>& 
   return nnz;
 }
 
+/// Vectors (b, x0, x̄, tangents): C-contiguous, so that a strided, reversed or broadcast
+/// array is copied to its values instead of being read as raw memory by as_vector.
 template <class Scalar>
-using PyArray = py::array_t<Scalar, py::array::forcecast>;
+using PyArray = CArray<Scalar>;
 
 template <class Scalar>
 Eigen::Map<const Vector<Scalar>> as_vector(const PyArray<Scalar>& a, const char* name) {

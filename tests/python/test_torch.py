@@ -832,6 +832,17 @@ def test_sparse_A_bad_input_and_inputs_not_modified():
         dt.lstsq(torch.sparse_coo_tensor(i, torch.ones(3, 2, dtype=F64), (3, 2, 2)), b)
     with pytest.raises(ValueError, match="no dense"):  # 2-D, one sparse dimension
         dt.lstsq(torch.sparse_coo_tensor(i[:1], torch.ones(3, 2, dtype=F64), (3, 2)), b)
+    # Indices out of range or (CSR) out of order, in tensors torch did not check: an error
+    # before anything reads them.
+    for idx in ([[0, 1, 9], [0, 1, 1]], [[0, 1, 2], [0, -3, 1]]):
+        bad = torch._sparse_coo_tensor_unsafe(torch.tensor(idx), torch.ones(3, dtype=F64), (3, 2))
+        with pytest.raises(ValueError, match="malformed sparse A"):
+            dt.lstsq(bad, b)
+    for crow, col in (([0, 1, 2, 3], [0, 5, 1]), ([0, 2, 2, 3], [1, 0, 1])):
+        bad = torch._sparse_csr_tensor_unsafe(torch.tensor(crow), torch.tensor(col),
+                                              torch.ones(3, dtype=F64), (3, 2))
+        with pytest.raises(ValueError, match="malformed sparse A"):
+            dt.lstsq(bad, b)
     # Flagged coalesced but not sorted: solved as the matrix it is.
     j = torch.tensor([[1, 0], [0, 1]])
     unsorted = torch.sparse_coo_tensor(j, torch.tensor([1.0, 2.0], dtype=F64), (2, 2))
@@ -873,8 +884,13 @@ def test_sparse_binding_reads_strided_arrays_by_value_and_refuses_malformed_ones
     indptr, indices = np.array([0, 1, 2, 3]), np.array([0, 1, 1])
     values = np.array([2.0, -1.0, 4.0, -1.0, 2.0, -1.0])[::2]  # [2, 4, 2], strided
     b = np.array([2.0, 4.0, 2.0])
-    (f,) = layer.forward_sparse(3, 2, indptr, indices, values, [b], 0.0)
+    b_strided = np.array([2.0, 99.0, 4.0, 99.0, 2.0, 99.0])[::2]
+    (f,) = layer.forward_sparse(3, 2, indptr, indices, values, [b_strided], 0.0)
     assert np.allclose(f.x, [1.0, 1.0])
+    xbar = np.array([1.0, 7.0, -2.0, 7.0])
+    bbar_strided = layer.backward(f, xbar[::2])[0]
+    assert np.allclose(bbar_strided, layer.backward(f, xbar[::2].copy())[0])
+    assert np.allclose(bbar_strided, [0.5, -0.4, -0.2])  # A⁺ᵀ x̄ for A = [[2, 0], [0, 4], [0, 2]]
     (g,) = layer.forward_sparse(3, 2, indptr, indices, np.broadcast_to(2.0, (3,)), [b], 0.0)
     assert np.allclose(g.x, [1.0, 1.5])
     for args in ((-1, 2, np.array([], dtype=np.int64), indices[:0], values[:0]),

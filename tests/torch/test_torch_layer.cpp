@@ -789,16 +789,47 @@ DOCTEST_TEST_CASE("LibTorch layer: sparse A built from values, float32, forward 
   DOCTEST_CHECK(close(xs, xr, 1e-9, 1e-11));
   DOCTEST_CHECK(close(xdot, xrdot, 1e-8, 1e-10));
   DOCTEST_CHECK_THROWS_AS(difflsq::lstsq_jvp(coo, b, d, coo, db, dd, o), std::invalid_argument);
-  // Bad input: non-finite values, a hybrid tensor, a CSC layout.
+  // An uncoalesced COO leaf gets the gradient of its coalesced pattern, as a coalesced leaf
+  // does; int32 CSR indices are kept in the gradient.
+  auto leaf = coo.clone().requires_grad_(true);
+  auto coalesced = coo.coalesce().requires_grad_(true);
+  difflsq::lstsq(leaf, b, 0.1, o).sum().backward();
+  difflsq::lstsq(coalesced, b, 0.1, o).sum().backward();
+  DOCTEST_CHECK(close(leaf.grad().to_dense(), coalesced.grad().to_dense(), 1e-12, 1e-14));
+  const auto csr = coo.coalesce().to_sparse_csr();
+  auto csr32 = torch::sparse_csr_tensor(csr.crow_indices().to(torch::kInt),
+                                        csr.col_indices().to(torch::kInt), csr.values(), {10, 6},
+                                        torch::dtype(torch::kDouble))
+                   .requires_grad_(true);
+  difflsq::lstsq(csr32, b, 0.1, o).sum().backward();
+  DOCTEST_CHECK((csr32.grad().crow_indices().scalar_type() == torch::kInt));
+  DOCTEST_CHECK(close(csr32.grad().to_dense(), coalesced.grad().to_dense(), 1e-12, 1e-14));
+  // Bad input: non-finite values, a hybrid tensor (one sparse and one dense dimension),
+  // indices out of range or out of order in tensors torch did not check, a CSC layout.
   auto bad = coo._values().clone();
   bad[0] = std::nan("");
-  DOCTEST_CHECK_THROWS_AS(difflsq::lstsq(torch::sparse_coo_tensor(idx, bad, {10, 6}), b, 0.1),
-                          std::invalid_argument);
-  DOCTEST_CHECK_THROWS_AS(
+  DOCTEST_CHECK_THROWS_WITH_AS(difflsq::lstsq(torch::sparse_coo_tensor(idx, bad, {10, 6}), b, 0.1),
+                               doctest::Contains("not finite"), std::invalid_argument);
+  DOCTEST_CHECK_THROWS_WITH_AS(
       difflsq::lstsq(
-          torch::sparse_coo_tensor(idx, torch::ones({idx.size(1), 2}, torch::kDouble), {10, 6, 2}),
+          torch::sparse_coo_tensor(idx.slice(0, 0, 1),
+                                   torch::ones({idx.size(1), 6}, torch::kDouble), {10, 6}),
           b, 0.1),
-      std::invalid_argument);
+      doctest::Contains("no dense dimensions"), std::invalid_argument);
+  for (const auto& [row, value] : {std::pair<int, int64_t>{0, 10}, {1, -1}}) {
+    auto wrong = idx.clone();
+    wrong[row][0] = value;
+    DOCTEST_CHECK_THROWS_WITH_AS(
+        difflsq::lstsq(at::_sparse_coo_tensor_unsafe(wrong, coo._values(), {10, 6}), b, 0.1),
+        doctest::Contains("malformed sparse A"), std::invalid_argument);
+  }
+  auto col = csr.col_indices().clone();
+  col[0] = 6;
+  DOCTEST_CHECK_THROWS_WITH_AS(
+      difflsq::lstsq(at::_sparse_csr_tensor_unsafe(csr.crow_indices(), col, csr.values(), {10, 6},
+                                                   torch::dtype(torch::kDouble)),
+                     b, 0.1),
+      doctest::Contains("malformed sparse A"), std::invalid_argument);
   DOCTEST_CHECK_THROWS_AS(difflsq::lstsq(coo.coalesce().to_sparse_csc(), b, 0.1),
                           std::invalid_argument);
 }

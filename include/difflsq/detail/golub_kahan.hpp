@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cmath>
+#include <limits>
 
 #include "../options.hpp"
 #include "kernels.hpp"
@@ -123,7 +124,7 @@ struct GolubKahan {
     const Real a = check(
         norm_from_squares(op.apply_adjoint_sub_norm2_apply(ws.u, ws.v, beta_k, ws.tmp_m), ws.v));
     ++rep.rmatvecs;
-    pending_ = a > 0;
+    pending_ = fused_in_range(a);  // else step_u makes the plain product A v
     if (a > 0) {
       ws.v *= Scalar(1 / a);
       pending_scale_ = a;
@@ -138,6 +139,11 @@ struct GolubKahan {
     ++rep.matvecs;
     beta_k = b;
     if (!(b > 0)) return;  // β = 0 (the unfused step makes no Aᴴ product then), or non-finite
+    if (!fused_in_range(b)) {  // Aᴴũ may have lost digits to underflow: the plain product
+      ws.u *= Scalar(1 / b);
+      alpha_k = step_v(b);
+      return;
+    }
     ws.u *= Scalar(1 / b);
     w = w * Scalar(1 / b) - Scalar(b) * ws.v;
     const Real a = norm2(w);
@@ -149,6 +155,17 @@ struct GolubKahan {
     ws.v.swap(w);  // O(1): the new v is in w's storage
     if (a > 0) ws.v *= Scalar(1 / a);
     alpha_k = a;
+  }
+
+  /// Whether a product with the unnormalized vector (ũ = βu or ṽ = αv) is as accurate as one
+  /// with the unit vector: ‖Aᴴũ‖ = β·‖Aᴴu‖ = β·hypot(α', β) ≥ β² (and ‖Aṽ‖ ≥ α² likewise), so
+  /// for s ≥ √(min/ε) every entry's absolute underflow error (≤ n·denorm_min ≤ min·ε for
+  /// n ≤ 2⁵²) is below ε relative to the result. Smaller s (‖A‖ below about 1e-146 in double,
+  /// 3e-16 in float) would lose digits: those steps make the plain products instead.
+  static bool fused_in_range(Real s) {
+    static const Real smallest =
+        std::sqrt(std::numeric_limits<Real>::min() / std::numeric_limits<Real>::epsilon());
+    return s >= smallest;
   }
 
   Real check(Real value) {

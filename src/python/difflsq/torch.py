@@ -273,6 +273,19 @@ def _graph_leaves(y):
     return leaves
 
 
+def _check_sparse_pattern(A):
+    """Refuses indices out of range or out of order before any torch operation reads them (a
+    tensor built with check_invariants=False or _sparse_coo_tensor_unsafe is not checked)."""
+    try:
+        if A.layout == torch.sparse_coo:
+            torch._validate_sparse_coo_tensor_args(A._indices(), A._values(), A.shape)
+        else:
+            torch._validate_sparse_csr_tensor_args(A.crow_indices(), A.col_indices(), A.values(),
+                                                   A.shape)
+    except RuntimeError as e:
+        raise ValueError(f"difflsq.torch: malformed sparse A: {e}") from None
+
+
 def _csr_arrays(A):
     """(indptr, indices, values) of a sparse COO or CSR matrix A in CSR order, indices as int64;
     a COO matrix is coalesced first (sorted by row, then column, duplicates summed: the matrix
@@ -530,6 +543,8 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
         source = "A"
         op = None
         _check_device("A", A)  # a non-finite A is refused by the forward pass (in C++)
+        if A.layout != torch.strided:
+            _check_sparse_pattern(A.detach())
     elif isinstance(A, Convolution1d):
         if shape is not None and tuple(shape) != A.shape:
             raise ValueError(f"difflsq.torch: shape={tuple(shape)} but the convolution has "
