@@ -965,7 +965,11 @@ TEST_CASE("layer: bad input") {
   const KnownSvdProblem<double> p(8, 5, spread(5, 10.0), 1u);
   auto op = parameterized(p.a);
   LeastSquares<double> layer;
-  CHECK_THROWS_AS((void)layer.forward(op, p.b, -1.0), std::invalid_argument);
+  CHECK_THROWS_WITH_AS((void)layer.forward(op, p.b, -1.0),
+                       doctest::Contains("LeastSquares::forward: damp must be finite and >= 0"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS((void)layer.forward(op, p.b, std::nan("")),
+                       doctest::Contains("LeastSquares::forward: damp"), std::invalid_argument);
   CHECK_THROWS_AS((void)layer.forward(op, Vec::Ones(7), 0.0), std::invalid_argument);
   auto f = layer.forward(op, p.b, 0.0);
   CHECK_THROWS_AS((void)layer.backward(f, Vec::Ones(4)), std::invalid_argument);

@@ -23,6 +23,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <functional>
 #include <limits>
@@ -245,6 +246,10 @@ class LeastSquares {
   template <LinearOperator Op>
   Forward<Op> forward(const Op& a, Eigen::Ref<const Vector<Scalar>> b, Real damp = 0) {
     static_assert(std::is_same_v<typename Op::Scalar, Scalar>, "operator scalar mismatch");
+    if (!std::isfinite(damp) || damp < 0)  // named as the caller passed it, not Options::damp
+      throw std::invalid_argument(
+          "difflsq::LeastSquares::forward: damp must be finite and >= 0, got " +
+          std::to_string(static_cast<double>(damp)));
     Forward<Op> f;
     f.op = &a;
     f.b = b;
