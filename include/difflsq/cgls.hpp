@@ -10,7 +10,7 @@
 // In exact arithmetic the iterates equal LSQR's; LSQR is the more stable on ill-conditioned
 // problems, CGLS is the simplest and a little cheaper per iteration.
 //
-// Per iteration: one A·p, one Aᴴ·r, 3 squared norms, 3 vector updates of length n and 1 of m.
+// Per iteration: one A·p, one Aᴴ·r, 5 norms, 3 vector updates of length n and 1 of m.
 // ‖r‖ and ‖s‖ are the recursively updated quantities. ‖Ā‖ is estimated by the largest
 // ‖A p‖/‖p‖ seen (a lower bound on ‖A‖₂, combined with damp); cond(Ā) is not estimated, so the
 // conlim tests (status 3 and 6) never fire for CGLS. The other tests are SciPy's LSQR tests.
@@ -47,65 +47,66 @@ struct CglsMethod {
     ++rep.rmatvecs;
     dx.setZero();
     Real rnorm = norm2(r);
-    Real gamma = s.squaredNorm();
+    // σ = ‖s‖ = √γ, kept as a norm (scaled where its square would over- or underflow), and
+    // α = γ/δ, γ⁺/γ formed as squares of ratios of like-scaled norms: the squares of ‖A‖⁴'s
+    // scale (‖Aᴴr‖², ‖Ap‖² with p ~ Aᴴr) never appear. What remains is A p itself, of ‖A‖²‖r‖'s
+    // scale: ‖A‖ within about 1e±150 (double) or 1e±18 (float) for ‖b‖ of order 1.
+    Real sigma = norm2(s);
     rep.r1norm = rep.r2norm = rnorm;
-    rep.arnorm = norm2(s);  // finite where gamma = ‖s‖² overflows
-    // CGLS works with squares of ‖A‖'s scale (‖Aᴴr‖², ‖Ap‖²): they over- or underflow for
-    // ‖A‖ beyond about 1e±77 (double). A square that is 0 while its vector is not is reported
-    // like an overflow, not read as an exact solution.
-    if (!std::isfinite(gamma) || (gamma == 0 && !s.isZero(0))) {
+    rep.arnorm = sigma;
+    if (!std::isfinite(sigma)) {
       rep.status = Status::NonFinite;
       return;
     }
-    if (rep.arnorm == 0 || rnorm == 0) {
+    if (sigma == 0 || rnorm == 0) {
       rep.status = Status::ExactSolution;
       return;
     }
     pdir = s;
-    Real anorm = 0, dxnorm2 = 0;
+    Real anorm = 0;
 
     Index itn = 0;
     while (itn < p.max_iterations) {
       ++itn;
       op.apply(pdir, q);
       ++rep.matvecs;
-      const Real qq = q.squaredNorm(), pp = pdir.squaredNorm();
-      const Real delta = qq + dampsq * pp;
-      const Real alpha = gamma / delta;
-      if (!std::isfinite(alpha) || !std::isfinite(delta)) {
+      const Real qnorm = norm2(q), pnorm = norm2(pdir);
+      const Real nu = std::hypot(qnorm, p.damp * pnorm);  // √δ
+      const Real ratio = sigma / nu, alpha = ratio * ratio;
+      if (!std::isfinite(alpha) || !std::isfinite(nu)) {
         rep.status = Status::NonFinite;
         --itn;
         break;
       }
-      if (delta == 0) {  // A p = 0 and damp = 0: s ⟂ range(Aᴴ) cannot happen unless s = 0
-        rep.status = q.isZero(0) ? Status::ExactSolution : Status::NonFinite;  // else underflow
+      if (nu == 0) {  // A p = 0 and damp = 0: s ⟂ range(Aᴴ) cannot happen unless s = 0
+        rep.status = Status::ExactSolution;
         break;
       }
-      anorm = std::max(anorm, std::sqrt(qq / pp));
+      anorm = std::max(anorm, qnorm / pnorm);
       add_to_x(ws.x, alpha, pdir, p.scaling);
       dx += alpha * pdir;
       r -= alpha * q;
       op.apply_adjoint(r, s);  // s = Aᴴ r − damp² Δx
       ++rep.rmatvecs;
       if (dampsq > 0) s -= dampsq * dx;
-      const Real gamma_new = s.squaredNorm();
-      if (!std::isfinite(gamma_new) || (gamma_new == 0 && !s.isZero(0))) {
+      const Real sigma_new = norm2(s);
+      if (!std::isfinite(sigma_new)) {
         // Undo the step: x and Δx go back to the last finite iterate.
         add_to_x(ws.x, -alpha, pdir, p.scaling);
         rep.status = Status::NonFinite;
         --itn;
         break;
       }
-      pdir = s + (gamma_new / gamma) * pdir;
-      gamma = gamma_new;
+      const Real growth = sigma_new / sigma;
+      pdir = s + (growth * growth) * pdir;  // β = γ⁺/γ
+      sigma = sigma_new;
 
       rnorm = norm2(r);
-      dxnorm2 = dx.squaredNorm();
       const Real xnorm = norm2(ws.x);
       rep.r1norm = rnorm;
-      rep.r2norm = std::sqrt(rnorm * rnorm + dampsq * dxnorm2);
-      rep.arnorm = std::sqrt(gamma);
-      rep.anorm = std::sqrt(anorm * anorm + dampsq);
+      rep.r2norm = std::hypot(rnorm, p.damp * norm2(dx));
+      rep.arnorm = sigma;
+      rep.anorm = std::hypot(anorm, p.damp);
       rep.acond = 0;
       rep.xnorm = xnorm;
       rep.iterations = itn;

@@ -222,11 +222,12 @@ def test_non_finite_operator_raises_floating_point_error(name):
 
 
 
-@pytest.mark.parametrize("scale", [1e155, 1e-100])
+@pytest.mark.parametrize("scale", [1e-300, 1e-100, 1e100, 1e155, 1e200])
 def test_extreme_scales_are_solved_or_raise(scale):
     # ||A|| = 1e155: every product is finite, ||A||^2 is not (SciPy: NaN, istop 7); 1e-100:
     # lsqr.py's test2 guard stops SciPy's LSQR at once with a wrong x. difflsq's LSQR and LSMR
-    # keep their norms by hypot and solve both; CGLS, whose recurrences hold ||A||^4, raises.
+    # keep their norms by hypot and solve all; CGLS, whose product A p is of ||A||^2's scale,
+    # solves within about 1e+-150 and raises outside.
     a, b = problem(30, 10, seed=17)
     ref = np.linalg.lstsq(a, b, rcond=None)[0] / scale
     for name in ("lsqr", "lsmr"):
@@ -234,6 +235,11 @@ def test_extreme_scales_are_solved_or_raise(scale):
         x, istop = getattr(difflsq, name)(a * scale, b, atol=1e-10, btol=1e-10, **kw)[:2]
         assert istop in (1, 2)
         assert np.linalg.norm(x - ref) <= 1e-8 * np.linalg.norm(ref)
+    if 1e-150 <= scale <= 1e150:
+        x, istop = difflsq.cgls(a * scale, b, atol=1e-10, btol=1e-10)[:2]
+        assert istop in (1, 2)
+        assert np.linalg.norm(x - ref) <= 1e-8 * np.linalg.norm(ref)
+        return
     with pytest.raises(difflsq.NonFiniteError, match="overflowed") as info:
         difflsq.cgls(a * scale, b)
     assert np.all(np.isfinite(info.value.result[0]))

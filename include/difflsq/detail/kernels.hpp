@@ -21,13 +21,29 @@ bool squares_out_of_range(Real s) {
   return !(std::isfinite(s) && s >= std::sqrt(std::numeric_limits<Real>::min()));
 }
 
-/// ‖v‖₂, robust to over- and underflow: the plain norm, and Eigen's scaled stableNorm only when
-/// the plain one is out of range although every entry is finite. Non-finite entries give a
-/// non-finite result.
+/// ‖v‖ of a finite v whose squares may over- or underflow: 2ᵉ‖2⁻ᵉv‖ with 2ᵉ⁻¹ ≤ max|v_i| < 2ᵉ.
+/// Scaling by a power of two is exact, so the result is the plain norm's of a rescaled problem
+/// bit for bit (a solve of 2ᵏA makes the same iterations as one of A), which Eigen's
+/// stableNorm is not.
+template <class V>
+auto scaled_norm(const V& v) {
+  using Real = typename Eigen::NumTraits<typename V::Scalar>::Real;
+  const Real big = v.size() ? v.cwiseAbs().maxCoeff() : Real(0);
+  if (!(big > 0)) return Real(0);
+  int e = 0;
+  (void)std::frexp(big, &e);
+  // 2⁻ᵉ in two factors: one would overflow for a subnormal max (e below the exponent range).
+  const Real f1 = std::ldexp(Real(1), -e / 2), f2 = std::ldexp(Real(1), -e - (-e / 2));
+  return std::ldexp((v * f1 * f2).norm(), e);
+}
+
+/// ‖v‖₂, robust to over- and underflow: the plain norm, and scaled_norm only when the plain
+/// one is out of range although every entry is finite. Non-finite entries give a non-finite
+/// result.
 template <class V>
 auto norm2(const V& v) {
   auto s = v.norm();
-  if (squares_out_of_range(s) && v.allFinite()) s = v.stableNorm();
+  if (squares_out_of_range(s) && v.allFinite()) s = scaled_norm(v);
   return s;
 }
 
@@ -36,7 +52,7 @@ auto norm2(const V& v) {
 template <class Real, class V>
 Real norm_from_squares(Real sum_of_squares, const V& v) {
   Real s = std::sqrt(sum_of_squares);
-  if (squares_out_of_range(s) && v.allFinite()) s = v.stableNorm();
+  if (squares_out_of_range(s) && v.allFinite()) s = scaled_norm(v);
   return s;
 }
 
