@@ -10,7 +10,8 @@
 // In exact arithmetic the iterates equal LSQR's; LSQR is the more stable on ill-conditioned
 // problems, CGLS is the simplest and a little cheaper per iteration.
 //
-// Per iteration: one A·p, one Aᴴ·r, 5 norms, 3 vector updates of length n and 1 of m.
+// Per iteration: one A·p, one Aᴴ·r, 6 norms (3 of them for the report), 3 vector updates of
+// length n and 1 of m.
 // ‖r‖ and ‖s‖ are the recursively updated quantities. ‖Ā‖ is estimated by the largest
 // ‖A p‖/‖p‖ seen (a lower bound on ‖A‖₂, combined with damp); cond(Ā) is not estimated, so the
 // conlim tests (status 3 and 6) never fire for CGLS. The other tests are SciPy's LSQR tests.
