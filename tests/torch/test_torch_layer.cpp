@@ -48,6 +48,20 @@ bool close(const torch::Tensor& x, const torch::Tensor& y, double rtol, double a
   return torch::allclose(x, y, rtol, atol);
 }
 
+/// run() of difflsq::lstsq on a (tolerances 1e-13) and of dense_reference on `dense` (A as a
+/// dense tensor), for a random b and cotangent of k columns (k = 0: vectors).
+std::pair<Grads, Grads> against_dense(const torch::Tensor& a, const torch::Tensor& dense, int64_t k,
+                                      double lam) {
+  const int64_t m = dense.size(0), n = dense.size(1);
+  const auto opts = torch::dtype(dense.scalar_type());
+  const auto b = k ? torch::randn({m, k}, opts) : torch::randn({m}, opts);
+  const auto w = k ? torch::randn({n, k}, opts) : torch::randn({n}, opts);
+  difflsq::TorchLstsqOptions o;
+  o.forward = {1e-13, 1e-13, 0, 5000};
+  return {run([&](auto& a, auto& b, auto& d) { return difflsq::lstsq(a, b, d, o); }, a, b, lam, w),
+          run(dense_reference, dense, b, lam, w)};
+}
+
 }  // namespace
 
 DOCTEST_TEST_CASE("LibTorch layer: values and gradients match torch autograd through a dense solve") {
@@ -63,13 +77,7 @@ DOCTEST_TEST_CASE("LibTorch layer: values and gradients match torch autograd thr
     DOCTEST_CAPTURE(c.lam);
     const auto opts = torch::TensorOptions().dtype(torch::kDouble);
     const auto a = torch::randn({c.m, c.n}, opts) + 2 * torch::eye(c.m, c.n, opts);
-    const auto b = c.k ? torch::randn({c.m, c.k}, opts) : torch::randn({c.m}, opts);
-    const auto w = c.k ? torch::randn({c.n, c.k}, opts) : torch::randn({c.n}, opts);
-    difflsq::TorchLstsqOptions o;
-    o.forward = {1e-13, 1e-13, 0, 5000};
-    const auto got = run([&](auto& a, auto& b, auto& d) { return difflsq::lstsq(a, b, d, o); },
-                         a, b, c.lam, w);
-    const auto ref = run(dense_reference, a, b, c.lam, w);
+    const auto [got, ref] = against_dense(a, a, c.k, c.lam);
     DOCTEST_CHECK(got.x.sizes().vec() == ref.x.sizes().vec());
     DOCTEST_CHECK(close(got.x, ref.x, 1e-9, 1e-11));
     DOCTEST_CHECK(close(got.a, ref.a, 1e-7, 1e-9));
@@ -734,14 +742,7 @@ DOCTEST_TEST_CASE("LibTorch layer: sparse COO and CSR A, gradients on the patter
         DOCTEST_CAPTURE(what);
         const auto coo = random_sparse(c.m, c.n, dtype);
         const auto a0 = layout == torch::kSparse ? coo.coalesce() : coo.coalesce().to_sparse_csr();
-        const auto opts = torch::dtype(dtype);
-        const auto b = c.k ? torch::randn({c.m, c.k}, opts) : torch::randn({c.m}, opts);
-        const auto w = c.k ? torch::randn({c.n, c.k}, opts) : torch::randn({c.n}, opts);
-        difflsq::TorchLstsqOptions o;
-        o.forward = {1e-13, 1e-13, 0, 5000};
-        const auto got = run([&](auto& a, auto& b, auto& d) { return difflsq::lstsq(a, b, d, o); },
-                             a0, b, c.lam, w);
-        const auto ref = run(dense_reference, coo.to_dense(), b, c.lam, w);
+        const auto [got, ref] = against_dense(a0, coo.to_dense(), c.k, c.lam);
         DOCTEST_CHECK(close(got.x, ref.x, 1e-9, 1e-11));
         DOCTEST_CHECK(close(got.b, ref.b, 1e-7, 1e-9));
         if (c.lam > 0) DOCTEST_CHECK(close(got.damp, ref.damp, 1e-7, 1e-9));
