@@ -910,6 +910,12 @@ TEST_CASE("layer: failure policy for solves that do not converge") {
     } catch (const SolveError& e) {
       CHECK(e.status() == Status::IterationLimit);
       CHECK(std::string(e.what()).find("backward") != std::string::npos);
+      // The solves of the call, the failed one last with its iteration count.
+      REQUIRE(!e.solves().empty());
+      CHECK(e.solves().back().status == Status::IterationLimit);
+      CHECK(e.solves().back().iterations == 2);
+      CHECK(!e.solves().back().converged);
+      CHECK(e.solves().back().role.find("backward") == 0);
     }
   }
   {

@@ -299,6 +299,14 @@ TEST_CASE("null-space step: bad input and failures") {
   limited.tolerances.max_iterations = 1;
   NullSpaceStep<double> short_step(limited);
   CHECK_THROWS_AS((void)short_step(con, random_vec(6, 16), random_vec(6, 17)), SolveError);
+  try {
+    (void)short_step(con, random_vec(6, 16), random_vec(6, 17));
+  } catch (const SolveError& e) {  // the error lists the step's solves, the failed one last
+    REQUIRE(!e.solves().empty());
+    CHECK(!e.solves().back().converged);
+    CHECK(e.solves().back().iterations >= 1);
+    CHECK(e.solves().back().status == e.status());
+  }
   // Adam: bad gradients are rejected, and a failed step leaves θ unchanged.
   ConstrainedAdam<double> adam({}, limited);
   Vec theta = random_vec(6, 18);

@@ -8,6 +8,8 @@
 #include <difflsq/difflsq.hpp>
 #include <new>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "test_problems.hpp"
 
@@ -248,6 +250,75 @@ TEST_CASE("the stopping tests do not depend on the scale of A and b") {
     CHECK(rs.status == rf.status);
     CHECK(rs.iterations == rf.iterations);
     CHECK((rs.x - rf.x).norm() <= 1e-5f * rf.x.norm());
+  }
+}
+
+TEST_CASE("extreme scales of b, and of A and b together: the same iterations, x scaled") {
+  // SciPy's LSQR and LSMR carry ‖b‖'s scale in φ̄ and ζ̄ = α₁β₁ and square it: ‖r‖ underflowed
+  // to 0 for ‖b‖ < 1e-154 and test 1 accepted a wrong x (LSQR: istop 1 after one iteration,
+  // error 77% at 1e-170), ζ̄ underflowed for ‖A‖ = ‖b‖ = 1e-165 ("x = 0 is exact"), and for a
+  // large A and b ‖A‖‖x‖ overflowed. Their recurrences now run for r0/‖r0‖. Powers of two scale
+  // exactly, so the same iterations must come out, with x and the estimates scaled exactly.
+  // CGLS's Aᴴr scales as ‖A‖‖b‖ (documented range), so it is scaled in b alone.
+  KnownSvdProblem<double> p(40, 15, spread(15, 100.0), 10);
+  for (Method method : kMethods) {
+    for (double damp : {0.0, 0.5}) {
+      const std::string method_name = name(method);
+      CAPTURE(method_name);
+      CAPTURE(damp);
+      Options<double> opts{.damp = damp, .atol = 1e-12, .btol = 1e-12, .max_iterations = 200};
+      const auto ref = solve(method, p.a, p.b, opts);
+      REQUIRE(ref.converged());
+      for (const auto& e : std::vector<std::pair<int, int>>{
+               {0, -600}, {0, -540}, {0, 540}, {0, 600}, {-560, -560}, {500, 500}, {-400, 300}}) {
+        const int ea = e.first, eb = e.second;
+        if (method == Method::Cgls && ea != 0) continue;
+        CAPTURE(ea);
+        CAPTURE(eb);
+        const double sa = std::ldexp(1.0, ea), sb = std::ldexp(1.0, eb);
+        const Eigen::MatrixXd as = p.a * sa;
+        const Eigen::VectorXd bs = p.b * sb;
+        Options<double> o = opts;
+        o.damp = damp * sa;  // damp has the units of A
+        // Against the same A with the unscaled b: below 2^-487 the products of A are made
+        // unfused (golub_kahan.hpp), which rounds differently from the reference's path.
+        const auto same_a = ea == 0 ? ref : solve(method, as, p.b, o);
+        CHECK((same_a.x * sa - ref.x).norm() <= 1e-6 * ref.x.norm());
+        const auto r = solve(method, as, bs, o);
+        CHECK(r.status == same_a.status);
+        CHECK(r.iterations == same_a.iterations);
+        CHECK((r.x / sb - same_a.x).norm() <= 1e-12 * same_a.x.norm());
+        CHECK(std::abs(r.r2norm / sb - same_a.r2norm) <= 1e-12 * same_a.r2norm);
+        CHECK(std::abs(r.r1norm / sb - same_a.r1norm) <= 1e-12 * same_a.r2norm);
+        CHECK(std::abs(r.xnorm / sb - same_a.xnorm) <= 1e-12 * same_a.xnorm);
+        CHECK(std::abs(r.anorm - same_a.anorm) <= 1e-12 * same_a.anorm);
+      }
+    }
+  }
+  // float: ‖b‖ at 1e-30 and 1e30 (squares out of float's range), A and b at 2^-70 (‖A‖‖b‖ below
+  // float's smallest normal).
+  const Eigen::MatrixXf af = p.a.cast<float>();
+  const Eigen::VectorXf bf = p.b.cast<float>();
+  for (Method method : {Method::Lsqr, Method::Lsmr}) {
+    const std::string method_name = name(method);
+    CAPTURE(method_name);
+    const Options<float> fopts{.max_iterations = 200};
+    const auto ref = solve(method, af, bf, fopts);
+    REQUIRE(ref.converged());
+    for (const auto& e : std::vector<std::pair<int, int>>{{0, -100}, {0, 100}, {-70, -70}}) {
+      const int ea = e.first, eb = e.second;
+      CAPTURE(ea);
+      CAPTURE(eb);
+      const float sa = std::ldexp(1.0f, ea), sb = std::ldexp(1.0f, eb);
+      const Eigen::MatrixXf as = af * sa;
+      const Eigen::VectorXf bs = bf * sb;
+      const auto same_a = solve(method, as, bf, fopts);
+      CHECK((same_a.x * sa - ref.x).norm() <= 1e-3f * ref.x.norm());
+      const auto r = solve(method, as, bs, fopts);
+      CHECK(r.status == same_a.status);
+      CHECK(r.iterations == same_a.iterations);
+      CHECK((r.x / sb - same_a.x).norm() <= 1e-5f * same_a.x.norm());
+    }
   }
 }
 

@@ -44,22 +44,32 @@ struct CglsMethod {
     auto& dx = ws.w2;    // Δx = x − x0 in preconditioned coordinates (length n)
     const Real dampsq = p.damp * p.damp;
 
+    // The iteration runs for the unit right-hand side r0/β₁, β₁ = ‖r0‖: r, s, p, Δx and the
+    // norms below are 1/β₁ times the textbook's, and β₁ enters only the update of x and the
+    // reported estimates. Then s = Aᴴr scales as ‖A‖ alone (as ‖A‖‖b‖ otherwise: it underflowed
+    // to 0 for ‖A‖ = ‖b‖ = 1e-165, "x = 0 is exact").
+    const Real beta1 = norm2(r);
+    rep.r1norm = rep.r2norm = beta1;
+    rep.arnorm = 0;
+    if (beta1 == 0) {
+      rep.status = Status::ExactSolution;
+      return;
+    }
+    r /= Scalar(beta1);
     op.apply_adjoint(r, s);
     ++rep.rmatvecs;
     dx.setZero();
-    Real rnorm = norm2(r);
     // σ = ‖s‖ = √γ, kept as a norm (scaled where its square would over- or underflow), and
     // α = γ/δ, γ⁺/γ formed as squares of ratios of like-scaled norms: the squares of ‖A‖⁴'s
-    // scale (‖Aᴴr‖², ‖Ap‖² with p ~ Aᴴr) never appear. What remains is A p itself, of ‖A‖²‖r‖'s
-    // scale: ‖A‖ within about 1e±150 (double) or 1e±18 (float) for ‖b‖ of order 1.
+    // scale (‖Aᴴr‖², ‖Ap‖² with p ~ Aᴴr) never appear. What remains is A p itself, of ‖A‖²'s
+    // scale: ‖A‖ within about 1e±150 (double) or 1e±18 (float), and x's update β₁α p.
     Real sigma = norm2(s);
-    rep.r1norm = rep.r2norm = rnorm;
-    rep.arnorm = sigma;
+    rep.arnorm = beta1 * sigma;
     if (!std::isfinite(sigma)) {
       rep.status = Status::NonFinite;
       return;
     }
-    if (sigma == 0 || rnorm == 0) {
+    if (sigma == 0) {
       rep.status = Status::ExactSolution;
       return;
     }
@@ -74,7 +84,8 @@ struct CglsMethod {
       const Real qnorm = norm2(q), pnorm = norm2(pdir);
       const Real nu = std::hypot(qnorm, p.damp * pnorm);  // √δ
       const Real ratio = sigma / nu, alpha = ratio * ratio;
-      if (!std::isfinite(alpha) || !std::isfinite(nu)) {
+      const Real step = (beta1 * ratio) * ratio;  // x += β₁α p: x's own scale
+      if (!std::isfinite(alpha) || !std::isfinite(nu) || !std::isfinite(step)) {
         rep.status = Status::NonFinite;
         --itn;
         break;
@@ -84,7 +95,7 @@ struct CglsMethod {
         break;
       }
       anorm = std::max(anorm, qnorm / pnorm);
-      add_to_x(ws.x, alpha, pdir, p.scaling);
+      add_to_x(ws.x, step, pdir, p.scaling);
       dx += alpha * pdir;
       r -= alpha * q;
       op.apply_adjoint(r, s);  // s = Aᴴ r − damp² Δx
@@ -93,7 +104,7 @@ struct CglsMethod {
       const Real sigma_new = norm2(s);
       if (!std::isfinite(sigma_new)) {
         // Undo the step: x and Δx go back to the last finite iterate.
-        add_to_x(ws.x, -alpha, pdir, p.scaling);
+        add_to_x(ws.x, -step, pdir, p.scaling);
         rep.status = Status::NonFinite;
         --itn;
         break;
@@ -102,21 +113,21 @@ struct CglsMethod {
       pdir = s + (growth * growth) * pdir;  // β = γ⁺/γ
       sigma = sigma_new;
 
-      rnorm = norm2(r);
+      const Real rnorm = norm2(r), r2norm = std::hypot(rnorm, p.damp * norm2(dx));  // /β₁
       const Real xnorm = norm2(ws.x);
-      rep.r1norm = rnorm;
-      rep.r2norm = std::hypot(rnorm, p.damp * norm2(dx));
-      rep.arnorm = sigma;
+      rep.r1norm = beta1 * rnorm;
+      rep.r2norm = beta1 * r2norm;
+      rep.arnorm = beta1 * sigma;
       rep.anorm = std::hypot(anorm, p.damp);
       rep.acond = 0;
       rep.xnorm = xnorm;
       rep.iterations = itn;
 
-      const Real test1 = rep.r2norm / p.bnorm;
+      const Real test1 = r2norm * (beta1 / p.bnorm);
       // As LSMR's (no additive eps: it would not scale with A, and float's would stop a solve
-      // with a small A early).
-      const Real denom = rep.anorm * rep.r2norm;
-      const Real test2 = denom != 0 ? rep.arnorm / denom : std::numeric_limits<Real>::infinity();
+      // with a small A early), a quotient of ratios (‖Aᴴr‖ and ‖A‖‖r‖ scale as ‖A‖‖b‖).
+      const Real test2 = r2norm > 0 && rep.anorm > 0 ? (sigma / rep.anorm) / r2norm
+                                                     : std::numeric_limits<Real>::infinity();
       // No cond(A) estimate: test3 = 1 with ctol = 0 never fires.
       const Real xnorm_loop = p.scaling ? loop_xnorm(ws.x, p.scaling) : xnorm;
       rep.status = stopping_test(itn, p.max_iterations, test1, test2, Real(1), rep.anorm,

@@ -77,21 +77,33 @@ struct LeastSquaresOptions {
   std::function<void(const std::string&)> warn{};
 };
 
-/// Thrown under FailurePolicy::Raise when a solve did not converge; names the solve.
-class SolveError : public std::runtime_error {
- public:
-  SolveError(const std::string& what, Status status) : std::runtime_error(what), status_(status) {}
-  Status status() const { return status_; }
-
- private:
-  Status status_;
-};
-
 /// One solve made by the layer: what it solved and how it ended.
 template <class Real>
 struct SolveRecord {
   const char* role;
   Report<Real> report;
+};
+
+/// How a solve ended, for any scalar type (SolveError::solves).
+struct SolveSummary {
+  std::string role;  ///< what it solved, as in SolveRecord::role
+  Status status;
+  Index iterations;
+  bool converged;
+};
+
+/// Thrown under FailurePolicy::Raise when a solve did not converge; names the solve. solves()
+/// lists the solves of the call that threw, in order, the one that failed last.
+class SolveError : public std::runtime_error {
+ public:
+  SolveError(const std::string& what, Status status, std::vector<SolveSummary> solves = {})
+      : std::runtime_error(what), status_(status), solves_(std::move(solves)) {}
+  Status status() const { return status_; }
+  const std::vector<SolveSummary>& solves() const { return solves_; }
+
+ private:
+  Status status_;
+  std::vector<SolveSummary> solves_;
 };
 
 /// Whether every solve in `solves` converged.
@@ -164,15 +176,20 @@ struct TangentResult {
 };
 
 namespace detail {
-/// What a solve that did not converge does under `policy`; `what` names the solve.
+/// What a solve that did not converge, the last of `log`, does under `policy`; `what` names
+/// it.
 template <class Real>
 void on_failure(FailurePolicy policy, const std::function<void(const std::string&)>& warn,
-                const std::string& what, const Report<Real>& report) {
+                const std::string& what, const std::vector<SolveRecord<Real>>& log) {
+  const auto& report = log.back().report;
   const std::string msg = what + ": " + to_string(report.status) + " after " +
                           std::to_string(report.iterations) + " iterations";
+  std::vector<SolveSummary> solves;
   switch (policy) {
     case FailurePolicy::Raise:
-      throw SolveError(msg, report.status);
+      for (const auto& s : log)
+        solves.push_back({s.role, s.report.status, s.report.iterations, s.report.converged()});
+      throw SolveError(msg, report.status, std::move(solves));
     case FailurePolicy::Warn:
       if (warn)
         warn(msg);
@@ -546,7 +563,7 @@ class LeastSquares {
   const Vector<Scalar>& dual(Forward<Op>& f, std::vector<SolveRecord<Real>>& log) {
     if (f.dual && f.dual_failure) {  // a z kept from a solve that did not converge
       log.push_back(*f.dual_failure);
-      fail(f.dual_failure->role, f.dual_failure->report);
+      fail(log);
     }
     if (!f.dual && strongly_damped(f)) {
       f.dual = f.r / (f.damp * f.damp);  // r = λ²z (G1, G11)
@@ -657,7 +674,7 @@ class LeastSquares {
         log.pop_back();
         return std::nullopt;
       default:
-        if (!report.converged()) fail(role, report);
+        if (!report.converged()) fail(log);
         return ws_k_.x;
     }
   }
@@ -667,7 +684,7 @@ class LeastSquares {
                      Real damp, const Vector<Scalar>* x0, const Tolerances<Real>& tol,
                      std::vector<SolveRecord<Real>>& log) {
     const auto report = solve_logged(role, op, rhs, damp, x0, tol, log);
-    if (!report.converged()) fail(role, report);
+    if (!report.converged()) fail(log);
     return workspace<Op>().x;
   }
 
@@ -693,8 +710,10 @@ class LeastSquares {
     return report;
   }
 
-  void fail(const char* role, const Report<Real>& report) const {
-    detail::on_failure(opts_.on_failure, opts_.warn, std::string("difflsq: ") + role, report);
+  /// The last solve of `log` did not converge.
+  void fail(const std::vector<SolveRecord<Real>>& log) const {
+    detail::on_failure(opts_.on_failure, opts_.warn, std::string("difflsq: ") + log.back().role,
+                       log);
   }
 };
 

@@ -36,33 +36,31 @@ struct LsmrMethod {
     auto& hbar = ws.w2;
 
     GolubKahan<Op> gk(op, ws, rep);
-    gk.start();
-    if (!gk.finite) {
-      rep.status = Status::NonFinite;
-      return;
+    const bool go_on = gk.begin();
+    if (gk.finite) {  // SciPy's report of x0
+      rep.anorm = gk.alpha;
+      rep.acond = 1;
+      rep.xnorm = 0;
     }
+    if (!go_on) return;
     Real alpha = gk.alpha, beta = gk.beta;
 
-    // Initial values [FS11, §2.6 / SciPy].
-    Real zetabar = alpha * beta, alphabar = alpha, rho = 1, rhobar = 1, cbar = 1, sbar = 0;
+    // Initial values [FS11, §2.6 / SciPy], for the unit right-hand side u₁ = r0/β₁: ζ, ζ̄,
+    // β̈, β̌, β̇, τ̃, τ̇ and ‖r‖ below are 1/β₁ times SciPy's, and β₁ enters only the update of x
+    // and the reported estimates. SciPy's ζ̄₁ = α₁β₁ scales as ‖A‖‖b‖: it underflowed to 0 for a
+    // small A and b (1e-165 each: x = 0 reported exact), and ‖r‖'s squares for ‖b‖ < 1e-154
+    // (test 1 accepted a wrong x).
+    const Real beta1 = beta;
+    Real zetabar = alpha, alphabar = alpha, rho = 1, rhobar = 1, cbar = 1, sbar = 0;
     h = v;
     hbar.setZero();
-    Real betadd = beta, betad = 0, rhodold = 1, tautildeold = 0, thetatilde = 0, zeta = 0, d = 0;
+    Real betadd = 1, betad = 0, rhodold = 1, tautildeold = 0, thetatilde = 0, zeta = 0, d = 0;
     // SciPy (and Fong & Saunders' lsmr.m) start maxrbar at ρ̄₀ = 1 and minrbar at 1e100,
     // constants that do not scale with A: for ‖A‖ = 1e-9 cond(A) is estimated ~1/‖A‖ and a
     // well-conditioned solve stops by conlim after one iteration; for ‖A‖ > 1e100, likewise.
     // Here both range over the computed ρ̄'s only, so the estimate is invariant under A → sA.
     Real normA_sum = alpha, maxrbar = 0;  // √(α₁² + β₂² + α₂² + …) [FS11 §3.5], by hypot
     Real minrbar = std::numeric_limits<Real>::infinity();
-    rep.anorm = alpha;
-    rep.acond = 1;
-    rep.xnorm = 0;
-    rep.r1norm = rep.r2norm = beta;
-    rep.arnorm = alpha * beta;
-    if (rep.arnorm == 0) {
-      rep.status = Status::ExactSolution;
-      return;
-    }
     const Real damp = p.damp;
 
     Index itn = 0;
@@ -102,7 +100,7 @@ struct LsmrMethod {
       // As ratios of like-scaled quantities (SciPy multiplies first: the products of two
       // ‖A‖-sized numbers over- or underflow for ‖A‖ beyond 1e±154).
       const Real hbar_coef = -((thetabar / rhoold) * (rho / rhobarold));
-      const Real x_coef = (zeta / rho) / rhobar;
+      const Real x_coef = (beta1 * (zeta / rho)) / rhobar;  // SciPy's ζ/(ρ ρ̄), ζ = β₁·zeta
       const Real h_coef = -(thetanew / rho);
       if (!std::isfinite(hbar_coef) || !std::isfinite(x_coef) || !std::isfinite(h_coef)) {
         rep.status = Status::NonFinite;
@@ -125,7 +123,7 @@ struct LsmrMethod {
       tautildeold = (zetaold - thetatildeold * tautildeold) / rhotildeold;
       const Real taud = (zeta - thetatilde * tautildeold) / rhodold;
       d += betacheck * betacheck;
-      const Real normr = std::sqrt(d + (betad - taud) * (betad - taud) + betadd * betadd);
+      const Real normr = std::sqrt(d + (betad - taud) * (betad - taud) + betadd * betadd);  // /β₁
 
       // ‖A‖ estimate (Frobenius norm of the bidiagonal) and cond(A) [FS11, §3.5].
       const Real normA = std::hypot(normA_sum, beta);
@@ -136,24 +134,25 @@ struct LsmrMethod {
       }
       const Real condA = std::max(maxrbar, rhotemp) / std::min(minrbar, rhotemp);
 
-      const Real normar = std::abs(zetabar);
-      rep.r2norm = normr;
-      rep.r1norm = normr;  // corrected for damping below when it matters
-      rep.arnorm = normar;
+      rep.r2norm = beta1 * normr;
+      rep.r1norm = rep.r2norm;  // corrected for damping below when it matters
+      rep.arnorm = beta1 * std::abs(zetabar);
       rep.anorm = normA;
       rep.acond = condA;
       rep.xnorm = normx;
       rep.iterations = itn;
 
       const Real normx_loop = p.scaling ? loop_xnorm(ws.x, p.scaling) : normx;
-      const Real test1 = normr / p.bnorm;
-      const Real test2 =
-          (normA * normr) != 0 ? normar / (normA * normr) : std::numeric_limits<Real>::infinity();
+      const Real test1 = normr * (beta1 / p.bnorm);
+      // ‖Aᴴr‖/(‖A‖‖r‖) as a quotient of ratios: ‖Aᴴr‖ and ‖A‖‖r‖ scale as ‖A‖‖b‖.
+      const Real test2 = normr > 0 && normA > 0 ? (std::abs(zetabar) / normA) / normr
+                                                : std::numeric_limits<Real>::infinity();
       const Real test3 = 1 / condA;
       rep.status = stopping_test(itn, p.max_iterations, test1, test2, test3, normA, normx_loop,
                                  p.bnorm, p.atol, p.btol, p.ctol);
-      if (end_of_iteration(
-              p, rep, IterationInfo<Scalar>{itn, ws.x, normr, normr, normar, normA, condA, normx}))
+      if (end_of_iteration(p, rep,
+                           IterationInfo<Scalar>{itn, ws.x, rep.r2norm, rep.r2norm, rep.arnorm,
+                                                 normA, condA, normx}))
         break;
     }
     rep.iterations = itn;

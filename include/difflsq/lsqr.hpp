@@ -34,25 +34,20 @@ struct LsqrMethod {
 
     // Start: β₁u₁ = r0, α₁v₁ = Aᴴu₁ [PS82, (3.3)].
     GolubKahan<Op> gk(op, ws, rep);
-    gk.start();
-    if (!gk.finite) {
-      rep.status = Status::NonFinite;
-      return;
-    }
+    if (!gk.begin()) return;
     Real alpha = gk.alpha, beta = gk.beta;
+    // The recurrences run for the unit right-hand side u₁ = r0/β₁ (φ̄₁ = 1 instead of β₁):
+    // φ, φ̄, τ, ψ, z, ‖r̄‖ and ‖x‖ below are 1/β₁ times SciPy's, and β₁ enters only the update
+    // of x and the reported estimates. From β₁, ‖b‖'s scale, SciPy squares φ̄ and ψ: for ‖b‖
+    // below 1e-154 ‖r̄‖ underflowed to 0 and test 1 accepted a wrong x (error 77% at 1e-170).
+    const Real beta1 = beta;
     w = v;
-    Real rhobar = alpha, phibar = beta;  // [PS82, (4.12)] initial values
-    // dd = √Σ‖d_k‖² and xxn = √Σz_k², kept as norms by hypot rather than as SciPy's sums of
-    // squares (ddnorm, xxnorm), which over- or underflow for ‖A‖ beyond 1e±154.
-    Real anorm = 0, acond = 0, dd = 0, res2 = 0, xnorm = 0, xxn = 0, z = 0;
+    Real rhobar = alpha, phibar = 1;  // [PS82, (4.12)] initial values
+    // dd = √Σ‖d_k‖², xxn = √Σz_k² and res = √Σψ_k², kept as norms by hypot rather than as
+    // SciPy's sums of squares (ddnorm, xxnorm, res2), which over- or underflow for ‖A‖ beyond
+    // 1e±154.
+    Real anorm = 0, acond = 0, dd = 0, res = 0, xnorm = 0, xxn = 0, z = 0;
     Real cs2 = -1, sn2 = 0;
-    Real rnorm = beta;
-    rep.r1norm = rep.r2norm = rnorm;
-    rep.arnorm = alpha * beta;
-    if (rep.arnorm == 0) {
-      rep.status = Status::ExactSolution;
-      return;
-    }
 
     Index itn = 0;
     while (itn < p.max_iterations) {
@@ -85,8 +80,8 @@ struct LsqrMethod {
       phibar = sn * phibar;
       const Real tau = sn * phi;
 
-      // x += (φ/ρ) w,  w = v − (θ/ρ) w  [PS82, (4.12)].
-      const Real t1 = phi / rho, t2 = -theta / rho;
+      // x += (φ/ρ) w,  w = v − (θ/ρ) w  [PS82, (4.12)], with SciPy's φ = β₁·phi.
+      const Real t1 = (beta1 * phi) / rho, t2 = -theta / rho;
       if (!std::isfinite(t1) || !std::isfinite(t2)) {
         rep.status = Status::NonFinite;
         --itn;
@@ -105,36 +100,33 @@ struct LsqrMethod {
       const Real delta = sn2 * rho, gambar = -cs2 * rho;
       const Real rhs = phi - delta * z;
       const Real zbar = rhs / gambar;
-      xnorm = std::hypot(xxn, zbar);
+      xnorm = beta1 * std::hypot(xxn, zbar);
       const Real gamma = std::hypot(gambar, theta);
       cs2 = gambar / gamma;
       sn2 = theta / gamma;
       z = rhs / gamma;
       xxn = std::hypot(xxn, z);
 
-      // Norm estimates [PS82, §5.1–5.3].
+      // Norm estimates [PS82, §5.1–5.3], the b-linear ones times β₁.
       acond = anorm * dd;
-      res2 += psi * psi;
-      rnorm = std::sqrt(phibar * phibar + res2);
-      rep.arnorm = alpha * std::abs(tau);
-      if (p.damp > 0) {
-        const Real r1sq = rnorm * rnorm - (p.damp * xxn) * (p.damp * xxn);
-        rep.r1norm = std::copysign(std::sqrt(std::abs(r1sq)), r1sq);  // SciPy's signed r1norm
-      } else {
-        rep.r1norm = rnorm;
-      }
-      rep.r2norm = rnorm;
+      res = std::hypot(res, psi);
+      const Real rnorm = std::hypot(phibar, res);  // ‖r̄‖/β₁
+      rep.arnorm = beta1 * (alpha * std::abs(tau));
+      rep.r2norm = beta1 * rnorm;
+      // SciPy's signed r1norm, √(‖r̄‖² − damp²‖x‖²), without the squares.
+      rep.r1norm = p.damp > 0 ? beta1 * signed_root_of_difference(rnorm, p.damp * xxn) : rep.r2norm;
       rep.anorm = anorm;
       rep.acond = acond;
       rep.xnorm = xnorm;
       rep.iterations = itn;
 
-      const Real test1 = rnorm / p.bnorm;
+      const Real test1 = rnorm * (beta1 / p.bnorm);
+      // test2 = ‖Āᴴr̄‖/(‖Ā‖‖r̄‖) as a product of ratios: ‖Āᴴr̄‖ and ‖Ā‖‖r̄‖ scale as ‖A‖‖b‖.
       // lsqr.py adds eps to the denominators of test2 and test3 against a division by zero;
       // for ‖A‖‖r̄‖ below ~1e-14 (a small A, float data in small units) it dominates and test2
-      // stops the solve early with a wrong x. As LSMR: no eps, infinity for a zero denominator.
-      const Real denom = anorm * rnorm;
-      const Real test2 = denom != 0 ? rep.arnorm / denom : std::numeric_limits<Real>::infinity();
+      // stops the solve early with a wrong x. As LSMR: no eps, infinity for a zero ‖r̄‖ or ‖Ā‖.
+      const Real test2 = rnorm > 0 && anorm > 0 ? (alpha / anorm) * (std::abs(tau) / rnorm)
+                                                : std::numeric_limits<Real>::infinity();
       const Real test3 = 1 / acond;
       rep.status = stopping_test(itn, p.max_iterations, test1, test2, test3, anorm, xnorm, p.bnorm,
                                  p.atol, p.btol, p.ctol);

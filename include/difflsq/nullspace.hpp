@@ -362,7 +362,7 @@ class NullSpaceStep {
     log.push_back({role, report});
     if (!report.converged())
       detail::on_failure(opts_.on_failure, opts_.warn,
-                         std::string("difflsq: null-space step, ") + role, report);
+                         std::string("difflsq: null-space step, ") + role, log);
     return ws.x;
   }
 

@@ -51,13 +51,9 @@
 
 namespace difflsq {
 
-/// How one solve made by lstsq() ended.
-struct TorchSolveRecord {
-  std::string role;  ///< "forward", or the rule's solve, e.g. "backward: min |A^T p - xbar|"
-  Status status;
-  Index iterations;
-  bool converged;
-};
+/// How one solve made by lstsq() ended; its role is "forward", or the rule's solve, e.g.
+/// "backward: min |A^T p - xbar|".
+using TorchSolveRecord = SolveSummary;
 
 /// The solves of lstsq(), per pass and column of b, in order (TorchLstsqOptions::info).
 struct TorchLstsqInfo {
@@ -76,11 +72,10 @@ struct TorchLstsqOptions {
   /// Python, stderr otherwise). It is kept for the backward pass: what it captures must
   /// outlive that pass.
   std::function<void(const std::string&)> warn{};
-  /// When set, every solve of the forward pass, of the backward pass and of forward mode that
-  /// returns is appended to it as the pass runs (under FailurePolicy::Ignore, the way to find
-  /// failures; under Raise, a failing solve throws SolveError, whose status() it carries,
-  /// instead). The records accumulate over calls that share it; it is not synchronized: one
-  /// per thread.
+  /// When set, every solve of the forward pass, of the backward pass and of forward mode is
+  /// appended to it as the pass runs (under FailurePolicy::Ignore, the way to find failures),
+  /// also the one that throws SolveError under Raise. The records accumulate over calls that
+  /// share it; it is not synchronized: one per thread.
   std::shared_ptr<TorchLstsqInfo> info{};
 };
 
@@ -96,6 +91,12 @@ using TensorMap =
     Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
 template <class Scalar>
 using CsrMap = Eigen::Map<const Eigen::SparseMatrix<Scalar, Eigen::RowMajor, int64_t>>;
+
+/// Re⟨a, b⟩ = Re Σ conj(a_i) b_i. Not torch::vdot: Debian's LibTorch 1.13 returns 0 for
+/// complex vectors (its value; its gradients are right).
+inline torch::Tensor real_inner(const torch::Tensor& a, const torch::Tensor& b) {
+  return torch::real((a.conj() * b).sum());
+}
 
 inline bool is_sparse(const torch::Tensor& t) {
   return t.layout() == torch::kSparse || t.layout() == torch::kSparseCsr;
@@ -190,6 +191,23 @@ void record(const std::shared_ptr<TorchLstsqInfo>& info,
             std::vector<TorchSolveRecord> TorchLstsqInfo::*list,
             const std::vector<SolveRecord<Real>>& solves) {
   for (const auto& s : solves) record(info, list, s.role, s.report);
+}
+
+/// fn(), a pass of the layer; the solves of a SolveError it throws go to `list` of `info`
+/// before the error goes on (the forward solve's role as "forward", like record()'s).
+template <class Fn>
+decltype(auto) recording(const std::shared_ptr<TorchLstsqInfo>& info,
+                         std::vector<TorchSolveRecord> TorchLstsqInfo::*list, Fn&& fn) {
+  try {
+    return std::forward<Fn>(fn)();
+  } catch (const SolveError& e) {
+    if (info)
+      for (auto s : e.solves()) {
+        if (list == &TorchLstsqInfo::forward) s.role = "forward";
+        ((*info).*list).push_back(std::move(s));
+      }
+    throw;
+  }
 }
 
 /// The options, kept between a Function's forward and backward passes.
@@ -468,7 +486,7 @@ class TorchCallable {
     torch::Tensor total =
         torch::zeros({}, torch::TensorOptions().dtype(c10::toRealValueType(torch_dtype<Scalar>())));
     for (const auto& [u, v] : terms)
-      total = total + torch::real(torch::vdot(to_tensor<Scalar>(u), call(to_tensor<Scalar>(v), leaves)));
+      total = total + real_inner(to_tensor<Scalar>(u), call(to_tensor<Scalar>(v), leaves));
     const auto grads = total.requires_grad()
                            ? torch::autograd::grad({total}, targets, {}, false, false, true)
                            : std::vector<torch::Tensor>(targets.size());
@@ -502,14 +520,13 @@ class TorchCallable {
     const auto opts = torch::TensorOptions().dtype(torch_dtype<Scalar>());
     const auto other = torch::zeros({adjoint ? n_ : m_}, opts).requires_grad_(true);
     const auto given = to_tensor<Scalar>(w);
-    const auto inner =
-        torch::real(torch::vdot(adjoint ? given : other, call(adjoint ? other : given, leaves)));
+    const auto inner = real_inner(adjoint ? given : other, call(adjoint ? other : given, leaves));
     if (moving.empty() || !inner.requires_grad()) return out;
     const auto g = torch::autograd::grad({inner}, moving, {}, true, true, true);
     torch::Tensor s;
     for (std::size_t i = 0; i < g.size(); ++i)
       if (g[i].defined()) {
-        const auto term = torch::real(torch::vdot(g[i].reshape(-1), tangents[i]));
+        const auto term = real_inner(g[i].reshape(-1), tangents[i]);
         s = s.defined() ? s + term : term;
       }
     if (!s.defined() || !s.requires_grad()) return out;  // Ȧ = 0
@@ -606,7 +623,9 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
     ctx->saved_data["anorm"] = anorm;
     ctx->saved_data["options"] =
         c10::IValue::make_capsule(c10::make_intrusive<detail::OptionsHolder>(options));
-    return b.dim() == 1 ? x.reshape({a.size(1)}) : x;
+    // A copy, neither a view (autograd forbids in-place changes of a Function's view outputs)
+    // nor the saved x: the caller may change it in place.
+    return (b.dim() == 1 ? x.reshape({a.size(1)}) : x).clone();
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -663,10 +682,12 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
     }
     for (Index j = 0; j < k; ++j) {
       const Eigen::Map<const Vector<Scalar>> bj(detail::data<Scalar>(bt) + j * m, m);
-      auto f = layer.forward(op, bj, lam);
+      auto f = detail::recording(options.info, &TorchLstsqInfo::forward,
+                                 [&] { return layer.forward(op, bj, lam); });
       detail::record(options.info, &TorchLstsqInfo::forward, "forward", f.report);
       if (t) {
-        auto out = layer.jvp(f, t->column(j));
+        auto out = detail::recording(options.info, &TorchLstsqInfo::jvp,
+                                     [&] { return layer.jvp(f, t->column(j)); });
         detail::record(options.info, &TorchLstsqInfo::jvp, out.solves);
         dxs.push_back(std::move(out.x));
       }
@@ -725,7 +746,8 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
       f.report.status = static_cast<Status>(status[j][0].item<int64_t>());
       f.report.iterations = static_cast<Index>(status[j][1].item<int64_t>());
       f.report.anorm = static_cast<RealOf<Scalar>>(anorm[j].item<double>());
-      auto g = layer.backward(f, col(gt, j, n));
+      auto g = detail::recording(options.info, &TorchLstsqInfo::backward,
+                                 [&] { return layer.backward(f, col(gt, j, n)); });
       detail::record(options.info, &TorchLstsqInfo::backward, g.solves);
       theta += g.theta;
       bbars[j] = std::move(g.b);
@@ -774,10 +796,14 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
       }
       for (Index j = 0; j < bt.size(0); ++j) {
         const Eigen::Map<const Vector<Scalar>> bj(detail::data<Scalar>(bt) + j * m, m);
-        st->columns.push_back(st->layer.forward(st->op, bj, lam));
+        st->columns.push_back(detail::recording(st->info, &TorchLstsqInfo::forward, [&] {
+          return st->layer.forward(st->op, bj, lam);
+        }));
         detail::record(st->info, &TorchLstsqInfo::forward, "forward", st->columns.back().report);
         if (t) {
-          auto out = st->layer.jvp(st->columns.back(), t->column(j));
+          auto out = detail::recording(st->info, &TorchLstsqInfo::jvp, [&] {
+            return st->layer.jvp(st->columns.back(), t->column(j));
+          });
           detail::record(st->info, &TorchLstsqInfo::jvp, out.solves);
           dxs.push_back(std::move(out.x));
         }
@@ -795,7 +821,7 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
     ctx->save_for_backward(saved);
     ctx->saved_data["state"] = c10::IValue::make_capsule(std::move(state));
     ctx->saved_data["vector_b"] = b.dim() == 1;
-    return b.dim() == 1 ? x.reshape({n}) : x;
+    return b.dim() == 1 ? x.reshape({n}).clone() : x;  // not a view: may be changed in place
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -818,7 +844,8 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
         double dsum = 0;
         for (std::size_t j = 0; j < st.columns.size(); ++j) {
           const Eigen::Map<const Vector<Scalar>> xbar(detail::data<Scalar>(gt) + Index(j) * n, n);
-          auto g = st.layer.backward(st.columns[j], xbar);
+          auto g = detail::recording(st.info, &TorchLstsqInfo::backward,
+                                     [&] { return st.layer.backward(st.columns[j], xbar); });
           detail::record(st.info, &TorchLstsqInfo::backward, g.solves);
           bbars.push_back(std::move(g.b));
           dsum += static_cast<double>(g.damp);

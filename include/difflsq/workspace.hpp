@@ -201,8 +201,7 @@ Report<RealOf<typename Op::Scalar>> solve(Workspace<typename Op::Scalar>& ws, co
   // operator), split off ‖r‖ with the exact ‖x − x0‖: ‖r‖² = r2norm² − damp²‖x − x0‖².
   if (opts.damp > 0 && (augmented || !Method::kEstimatesR1) && report.iterations > 0) {
     const Real dx = opts.x0 ? detail::norm2(ws.x - *opts.x0) : detail::norm2(ws.x);
-    const Real r1sq = report.r2norm * report.r2norm - opts.damp * opts.damp * dx * dx;
-    report.r1norm = std::sqrt(std::abs(r1sq));
+    report.r1norm = std::abs(detail::signed_root_of_difference(report.r2norm, opts.damp * dx));
   }
   return report;
 }
@@ -237,8 +236,10 @@ Status stopping_test(Index itn, Index max_iterations, Real test1, Real test2, Re
   if (!std::isfinite(anorm) || !std::isfinite(xnorm) || !std::isfinite(test1) ||
       std::isnan(test2) || !(test3 > 0))
     return Status::NonFinite;
-  const Real t1 = test1 / (1 + anorm * xnorm / bnorm);
-  const Real rtol = btol + atol * anorm * xnorm / bnorm;
+  // ‖A‖‖x‖/‖b‖ as ‖A‖(‖x‖/‖b‖): ‖A‖‖x‖ overflows for a large A and a large x.
+  const Real axb = anorm * (xnorm / bnorm);
+  const Real t1 = test1 / (1 + axb);
+  const Real rtol = btol + atol * axb;
   Status s = Status::ExactSolution;
   if (itn >= max_iterations) s = Status::IterationLimit;
   if (1 + test3 <= 1) s = Status::ConditionMachine;

@@ -89,10 +89,10 @@ struct Printer {
     // The solvers' own tests (workspace.hpp); bnorm > 0 here (b = 0 returns before the first
     // iteration).
     const double test1 = r / bnorm;
-    const double test2 =
-        anorm * r != 0 ? arnorm / (anorm * r) : std::numeric_limits<double>::infinity();
+    const double test2 = anorm > 0 && r > 0 ? (arnorm / anorm) / r  // no ‖A‖‖r‖ to overflow
+                                            : std::numeric_limits<double>::infinity();
     const double test3 = 1 / acond;
-    const double rtol = btol + atol * anorm * xnorm / bnorm;
+    const double rtol = btol + atol * anorm * (xnorm / bnorm);
     const Index itn = it.iteration;
     const bool stops = detail::stopping_test(itn, max_iterations, test1, test2, test3, anorm, xnorm,
                                              bnorm, atol, btol, ctol) != Status::ExactSolution;

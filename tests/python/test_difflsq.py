@@ -245,6 +245,64 @@ def test_extreme_scales_are_solved_or_raise(scale):
     assert np.all(np.isfinite(info.value.result[0]))
 
 
+@pytest.mark.parametrize("sa,sb", [(1.0, 1e-170), (1.0, 1e-300), (1.0, 1e160), (1e-165, 1e-165),
+                                   (1e150, 1e150), (1e-300, 1e-200)])
+def test_extreme_scales_of_b_and_of_A_and_b(sa, sb, capsys):
+    # SciPy squares ||b||'s scale in its recurrences: at ||b|| = 1e-170 its LSQR returns x = 0
+    # (istop 0), and difflsq's used to report istop 1 with a 77% error; for a small A and b,
+    # ||A^H b|| underflowed ("x = 0 is exact"). The solvers now run for r0/||r0||. CGLS's A p
+    # is of ||A||^2's scale, so it is scaled in b alone.
+    a, b = problem(30, 10, seed=17)
+    ref = np.linalg.lstsq(a, b, rcond=None)[0] * (sb / sa)
+    for name in ("lsqr", "lsmr", "cgls") if sa == 1 else ("lsqr", "lsmr"):
+        for show in (False, True):
+            kw = {"iter_lim" if name == "lsqr" else "maxiter": 100}
+            x, istop = getattr(difflsq, name)(a * sa, b * sb, atol=1e-10, btol=1e-10,
+                                              show=show, **kw)[:2]
+            assert istop in (1, 2)
+            assert np.linalg.norm(x - ref) <= 1e-8 * np.linalg.norm(ref)
+    out = capsys.readouterr().out
+    assert "exact solution" not in out
+    # No iterations: x = 0 is not a solution, and the report says so (was istop 0).
+    kw = {"iter_lim": 0}
+    assert difflsq.lsqr(a * sa, b * sb, show=True, **kw)[1] == 7
+    assert "exact solution" not in capsys.readouterr().out
+
+
+def test_b_zero_with_a_non_finite_A_is_exact_in_show_too(capsys):
+    a, _ = problem(12, 5, seed=3)
+    a[2, 1] = np.inf
+    x, istop = difflsq.lsqr(a, np.zeros(12), show=True)[:2]
+    assert istop == 0 and np.all(x == 0)
+    out = capsys.readouterr().out
+    assert "exact solution" in out and "nan" not in out.lower()
+
+
+def test_iteration_limits_are_read_as_scipy_reads_them():
+    a, b = problem(30, 10, seed=5)
+    # SciPy loops while itn < iter_lim: 2.5 allows 3 iterations.
+    assert difflsq.lsqr(a, b, iter_lim=2.5)[2] == sla.lsqr(a, b, iter_lim=2.5)[2] == 3
+    assert difflsq.lsmr(a, b, maxiter=2.5)[2] == sla.lsmr(a, b, maxiter=2.5)[2] == 3
+    for limit in (np.inf, 10 ** 20, np.int64(10 ** 6), 1000.0):
+        x, istop = difflsq.lsqr(a, b, iter_lim=limit)[:2]
+        assert istop in (1, 2)
+    for bad in (-1, -0.5, np.nan, "ten", [3]):
+        with pytest.raises(ValueError, match="iteration limit"):
+            difflsq.lsqr(a, b, iter_lim=bad)
+
+
+def test_damp_and_tolerances_must_be_real_and_in_range():
+    a, b = problem(20, 6, seed=6)
+    for bad in (0.5 + 1j, np.complex128(0.5), "0.5", 1j):
+        with pytest.raises(ValueError, match="damp must be a real number"):
+            difflsq.lsqr(a, b, damp=bad)
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    for kw in ({"atol": 1e39}, {"btol": 1e39}, {"damp": 1e39}):
+        with pytest.raises(ValueError, match="beyond the range of float32"):
+            difflsq.lsmr(a32, b32, **kw)
+    assert difflsq.lsmr(a, b, atol=1e39)[1] in (1, 2)  # float64 holds it
+
+
 @pytest.mark.parametrize("name", ["lsqr", "lsmr"])
 def test_a_non_finite_A_with_no_iterations_raises(name):
     a, b = problem(20, 8, seed=18)

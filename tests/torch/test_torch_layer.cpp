@@ -86,6 +86,26 @@ DOCTEST_TEST_CASE("LibTorch layer: values and gradients match torch autograd thr
   }
 }
 
+DOCTEST_TEST_CASE("LibTorch layer: the solution may be changed in place") {
+  // It used to be a view (b of one dimension) or the saved x: autograd refused the change, or
+  // the backward pass after it.
+  const auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  const difflsq::TorchOperator apply =
+      [](const torch::Tensor& v, const std::vector<torch::Tensor>& p) { return p[0].matmul(v); };
+  for (const auto& b : {torch::randn({8}, opts), torch::randn({8, 2}, opts)}) {
+    for (const bool callable : {false, true}) {
+      DOCTEST_CAPTURE(callable);
+      const auto a = torch::randn({8, 5}, opts).requires_grad_(true);
+      auto x = callable ? difflsq::lstsq(apply, {8, 5}, b, 0.1, {a}) : difflsq::lstsq(a, b, 0.1);
+      const auto before = x.detach().clone();
+      DOCTEST_CHECK_NOTHROW(x.mul_(2));
+      DOCTEST_CHECK(torch::equal(x.detach(), 2 * before));
+      DOCTEST_CHECK_NOTHROW(x.sum().backward());
+      DOCTEST_CHECK(torch::isfinite(a.grad()).all().item<bool>());
+    }
+  }
+}
+
 DOCTEST_TEST_CASE("LibTorch layer: float32 is kept; bad input and failures are reported") {
   torch::manual_seed(1);
   const auto a = torch::randn({20, 8}) + 3 * torch::eye(20, 8);
@@ -690,6 +710,22 @@ DOCTEST_TEST_CASE("LibTorch layer: statuses of every solve, and the warn and ign
   solve(ignore);
   DOCTEST_CHECK(failed(ignore.info->backward) == failures);
 
+  // Raise: the solve that throws is recorded too, last, after the ones before it.
+  difflsq::TorchLstsqOptions raise;
+  raise.info = std::make_shared<difflsq::TorchLstsqInfo>();
+  DOCTEST_CHECK_THROWS(solve(raise));
+  DOCTEST_CHECK(raise.info->forward.size() == 1);
+  DOCTEST_REQUIRE(!raise.info->backward.empty());
+  DOCTEST_CHECK(failed(raise.info->backward) == 1);
+  DOCTEST_CHECK(!raise.info->backward.back().converged);
+  DOCTEST_CHECK(raise.info->backward.back().role.find("backward") == 0);
+  raise.forward = {1e-13, 1e-13, 0, 2};  // now the forward solve fails
+  raise.info = std::make_shared<difflsq::TorchLstsqInfo>();
+  DOCTEST_CHECK_THROWS_AS(difflsq::lstsq(a0, b, 0.0, raise), difflsq::SolveError);
+  DOCTEST_REQUIRE(raise.info->forward.size() == 1);
+  DOCTEST_CHECK(raise.info->forward[0].role == "forward");
+  DOCTEST_CHECK(failed(raise.info->forward) == 1);
+
   // Forward mode: its solves in info->jvp; the callable's forward and backward solves too.
   difflsq::TorchLstsqOptions fm;
   fm.forward = {1e-12, 1e-12, 0, 5000};
@@ -708,6 +744,11 @@ DOCTEST_TEST_CASE("LibTorch layer: statuses of every solve, and the warn and ign
   DOCTEST_CHECK(fm.info->forward.size() == 1);
   DOCTEST_CHECK(!fm.info->backward.empty());
   for (const auto& r : fm.info->backward) DOCTEST_CHECK(r.converged);
+  fm.forward = {1e-13, 1e-13, 0, 2};  // a failing forward solve of the callable, recorded
+  fm.info = std::make_shared<difflsq::TorchLstsqInfo>();
+  DOCTEST_CHECK_THROWS_AS(difflsq::lstsq(apply, {30, 20}, b, damp, {mat}, fm), difflsq::SolveError);
+  DOCTEST_REQUIRE(fm.info->forward.size() == 1);
+  DOCTEST_CHECK(failed(fm.info->forward) == 1);
 }
 
 namespace {

@@ -53,6 +53,24 @@ struct GolubKahan {
     if (alpha > 0) ws.v *= Scalar(1 / alpha);
   }
 
+  /// start(), and the report of x0 (‖r0‖ = β₁, ‖Aᴴr0‖ = α₁β₁). Whether the solve goes on: not
+  /// when an α or β is non-finite (status NonFinite) or x0 is exact, α₁ = 0 or β₁ = 0 (status
+  /// ExactSolution; not read off α₁β₁ = 0, which underflows for a small A and b).
+  bool begin() {
+    start();
+    if (!finite) {
+      rep.status = Status::NonFinite;
+      return false;
+    }
+    rep.r1norm = rep.r2norm = beta;
+    rep.arnorm = alpha * beta;
+    if (alpha == 0 || beta == 0) {
+      rep.status = Status::ExactSolution;
+      return false;
+    }
+    return true;
+  }
+
   /// One step: β u ← A v − α u, then, when β > 0, α v ← Aᴴu − β v [PS82, (3.4)]; α is left as
   /// it was when β = 0. With an operator that fuses the two products (HasFusedStep), the
   /// second is Aᴴũ for the unnormalized ũ = β u, from the same pass over A: α v = Aᴴũ/β − β v.

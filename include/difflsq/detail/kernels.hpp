@@ -37,6 +37,13 @@ auto scaled_norm(const V& v) {
   return std::ldexp((v * f1 * f2).norm(), e);
 }
 
+/// √|a² − b²| with the sign of a − b (a, b ≥ 0), as √|a − b|·√(a + b): neither square is
+/// formed, so neither over- nor underflows (SciPy's signed r1norm, from squares).
+template <class Real>
+Real signed_root_of_difference(Real a, Real b) {
+  return std::copysign(std::sqrt(std::abs(a - b)) * std::sqrt(a + b), a - b);
+}
+
 /// ‖v‖₂, robust to over- and underflow: the plain norm, and scaled_norm only when the plain
 /// one is out of range although every entry is finite. Non-finite entries give a non-finite
 /// result.

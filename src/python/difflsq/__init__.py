@@ -27,7 +27,10 @@ Differences from SciPy, all deliberate:
   iteration for ‖A‖ = 1e-9). A recurrence that still overflows raises :class:`NonFiniteError`.
 """
 
+import math
+
 import numpy as np
+import scipy.linalg
 import scipy.sparse
 import scipy.sparse.linalg
 
@@ -87,11 +90,10 @@ def _solve(method, A, b, damp, atol, btol, conlim, maxiter, show, calc_var, x0):
     x0_arr = None if x0 is None else np.asarray(x0)
     if not np.isscalar(damp) and np.ndim(damp) != 0:
         raise ValueError(f"difflsq: damp must be a scalar, got shape {np.shape(damp)}")
+    if np.asarray(damp).dtype.kind not in "biuf":  # not complex (its real part), not a string
+        raise ValueError(f"difflsq: damp must be a real number, got {damp!r}")
     damp = float(damp)
-    if maxiter is not None:
-        maxiter = int(maxiter)
-        if maxiter < 0:
-            raise ValueError(f"difflsq: the iteration limit must be >= 0, got {maxiter}")
+    maxiter = _iteration_limit(maxiter)
 
     if isinstance(A, np.ndarray) or isinstance(A, np.matrix):
         kind = "dense"
@@ -121,6 +123,7 @@ def _solve(method, A, b, damp, atol, btol, conlim, maxiter, show, calc_var, x0):
     x0_vec = None if x0_arr is None else _prepare_vector(x0_arr, "x0", dtype, n)
     # A limit of 0 iterations is a valid request; the C++ side reads <= 0 as "default".
     limit = -1 if maxiter is None else maxiter
+    _check_scalars(dtype, damp, atol, btol, conlim)
     if show or limit == 0:  # the C++ checks, before anything is printed or when no solve runs
         _check_inputs(b_vec, x0_vec, damp, atol, btol, conlim)
         initial = _initial_residual(A, kind, b_vec, x0_vec, n, dtype)
@@ -128,19 +131,19 @@ def _solve(method, A, b, damp, atol, btol, conlim, maxiter, show, calc_var, x0):
         # SciPy's default limits, as the C++ methods' default_max_iterations.
         shown = limit if limit >= 0 else (min(m, n) if method == "lsmr" else 2 * n)
         _print_header(method, m, n, damp, atol, btol, conlim, shown, calc_var)
-        x, rn, arn = initial
+        x, rn, arn, exact = initial
         # As SciPy: when Aᴴr0 = 0, one line says so and nothing follows (no progress, no
         # footer); else the column heads and the line for iteration 0.
-        show = not arn == 0  # a NaN goes on to the solve, which raises NonFiniteError
+        show = not exact  # a NaN goes on to the solve, which raises NonFiniteError
         if not show:
             print("The exact solution is  x = 0                              " if method == "lsqr"
                   else "The exact solution is x = 0, or x = x0, if x0 was given  ")
         else:
-            _print_line(method, 0, x[0], rn, rn, arn, 1.0, arn / rn ** 2, None, None)
+            _print_line(method, 0, x[0], rn, rn, arn, 1.0, (arn / rn) / rn, None, None)
     if limit == 0:
         result = _zero_iterations(method, initial, n, dtype)
         if show:
-            _print_footer(method, *result[1:9], result[0], np.linalg.norm(b_vec))
+            _print_footer(method, *result[1:9], result[0], _norm(b_vec))
         return _shape(method, result)
     args = _core.SolveArgs(method, damp, float(atol), float(btol), float(conlim),
                            limit if limit > 0 else 0, bool(show), bool(calc_var))
@@ -170,11 +173,38 @@ def _solve(method, A, b, damp, atol, btol, conlim, maxiter, show, calc_var, x0):
     x, istop, itn, r1norm, r2norm, anorm, acond, arnorm, xnorm, var = out[:10]
     if show:
         _print_footer(method, istop, itn, r1norm, r2norm, anorm, acond, arnorm, xnorm, x,
-                      np.linalg.norm(b_vec))
+                      _norm(b_vec))
     result = (x, istop, itn, r1norm, r2norm, anorm, acond, arnorm, xnorm, var)
     if istop == STATUS_NON_FINITE:
         _raise_non_finite(method, itn, (r2norm, anorm, acond, xnorm), _shape(method, result))
     return _shape(method, result)
+
+
+def _iteration_limit(maxiter):
+    """The number of iterations SciPy's `while itn < maxiter` makes: ceil(maxiter); None, inf
+    and anything beyond 2^62 mean no practical limit (None: the method's default)."""
+    if maxiter is None:
+        return None
+    if isinstance(maxiter, (int, np.integer)) and not isinstance(maxiter, (bool, np.bool_)):
+        limit = int(maxiter)
+    else:
+        try:
+            value = float(maxiter)
+        except (TypeError, ValueError):
+            raise ValueError(f"difflsq: the iteration limit must be a number, got {maxiter!r}") \
+                from None
+        if not value >= 0:  # NaN too
+            raise ValueError(f"difflsq: the iteration limit must be >= 0, got {maxiter}")
+        limit = value if math.isinf(value) else math.ceil(value)
+    if limit < 0:
+        raise ValueError(f"difflsq: the iteration limit must be >= 0, got {maxiter}")
+    return int(min(limit, 2 ** 62))
+
+
+def _norm(v):
+    """‖v‖₂ without over- or underflow of the squares (BLAS nrm2 scales; np.linalg.norm does
+    not: ‖1e-170 b‖ = 0)."""
+    return float(scipy.linalg.norm(v, check_finite=False)) if v.size else 0.0
 
 
 def _raise_non_finite(method, itn, estimates, result):
@@ -190,27 +220,44 @@ def _raise_non_finite(method, itn, estimates, result):
 
 def _check_inputs(b, x0, damp, atol, btol, conlim):
     """The checks of the C++ solvers (workspace.hpp, Options::validate), naming the same
-    quantities; damp and the tolerances as the solver's real type will hold them."""
-    real = np.zeros(0, dtype=b.dtype).real.dtype
+    quantities."""
     for name, v in (("b", b), ("x0", x0)):
         if v is not None and not np.isfinite(v).all():
             i = int(np.flatnonzero(~np.isfinite(v))[0])
             raise ValueError(f"difflsq: {name} must be finite, got {name}[{i}] = {v[i]}")
+    _check_scalars(b.dtype, damp, atol, btol, conlim)
+
+
+def _check_scalars(dtype, damp, atol, btol, conlim):
+    """damp and the tolerances, also as the solver's real type will hold them (float32 for a
+    float32 problem: 1e39 is finite, but not there)."""
+    real = np.zeros(0, dtype=dtype).real.dtype
     for name, t in (("damp", damp), ("atol", atol), ("btol", btol)):
-        with np.errstate(over="ignore"):
-            finite = np.isfinite(real.type(t))
-        if not (finite and t >= 0):
+        if not (math.isfinite(t) and t >= 0):
             raise ValueError(f"difflsq: {name} must be finite and >= 0, got {t}")
+        with np.errstate(over="ignore"):
+            if not np.isfinite(real.type(t)):
+                raise ValueError(f"difflsq: {name} = {t} is beyond the range of {real.name}, "
+                                 f"the precision of this problem")
     if not conlim >= 0:
         raise ValueError(f"difflsq: conlim must be >= 0 (0 disables), got {conlim}")
 
 
 def _initial_residual(A, kind, b, x0, n, dtype):
-    """x0 (or 0), ‖r0‖ and ‖Aᴴr0‖ for r0 = b − A x0."""
-    x = np.zeros(n, dtype=dtype) if x0 is None else x0.copy()
-    r = b - (A @ x if kind != "operator" else A.matvec(x))
-    arn = float(np.linalg.norm(A.T.conj() @ r if kind != "operator" else A.rmatvec(r)))
-    return x, float(np.linalg.norm(r)), arn
+    """x0 (or 0), ‖r0‖, ‖Aᴴr0‖ for r0 = b − A x0, and whether x0 is exact (r0 = 0, whatever A
+    holds, or Aᴴr0 = 0). As the solvers start: ‖Aᴴr0‖ = ‖Aᴴu‖·‖r0‖ for the unit u = r0/‖r0‖,
+    and exactness is read off the factors, since their product underflows for a small A and b."""
+    if x0 is None:  # r0 = b, as the solvers take it: no product with A (0·Inf would be NaN)
+        x, r = np.zeros(n, dtype=dtype), b
+    else:
+        x = x0.copy()
+        r = b - (A @ x if kind != "operator" else A.matvec(x))
+    rn = _norm(r)
+    if rn == 0:
+        return x, 0.0, 0.0, True
+    u = r / rn
+    alpha = _norm(np.asarray(A.T.conj() @ u if kind != "operator" else A.rmatvec(u)).reshape(-1))
+    return x, rn, alpha * rn, alpha == 0
 
 
 def _zero_iterations(method, initial, n, dtype):
@@ -219,18 +266,18 @@ def _zero_iterations(method, initial, n, dtype):
     SciPy reports istop 0 ("x = 0 is the exact solution") here whatever b is; difflsq reports 7
     (iteration limit) unless r0 = 0 or A^H r0 = 0, so that a non-solution never looks converged.
     """
-    x, rn, arn = initial  # _initial_residual's (x0 or 0, ‖r0‖, ‖Aᴴr0‖)
+    x, rn, arn, exact = initial  # _initial_residual's (x0 or 0, ‖r0‖, ‖Aᴴr0‖, exactness)
     if not (np.isfinite(rn) and np.isfinite(arn)):  # A (times 0 or x0) is not finite
         raise NonFiniteError(f"difflsq.{method}: the operator produced a non-finite value (Inf "
                              f"or NaN) in b - A x0 or A^H (b - A x0), before any iteration",
                              _shape(method, (x, STATUS_NON_FINITE, 0, rn, rn, 0.0, 0.0, arn, 0.0,
                                              np.zeros(n, np.zeros(0, dtype).real.dtype))))
-    istop = 0 if rn == 0 or arn == 0 else 7
+    istop = 0 if exact else 7
     real = np.zeros(0, dtype=dtype).real.dtype
     if method == "lsqr":  # SciPy's initial estimates; xnorm is ‖x − x0‖
         anorm, acond, xnorm = 0.0, 0.0, 0.0
     else:  # LSMR's: ‖A‖ ≈ α₁ = ‖Aᴴr0‖/‖r0‖, cond = 1; xnorm is ‖x‖
-        anorm, acond, xnorm = (arn / rn if rn else 0.0), 1.0, float(np.linalg.norm(x))
+        anorm, acond, xnorm = (arn / rn if rn else 0.0), 1.0, _norm(x)
     return (x, istop, 0, rn, rn, anorm, acond, arn, xnorm, np.zeros(n, real))
 
 

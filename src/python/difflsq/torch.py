@@ -113,7 +113,9 @@ class _Lstsq(torch.autograd.Function):
         ctx.jvp_params = [p.detach() if torch.is_tensor(p) else p for p in params]
         ctx.jvp_inputs = (A, b, damp, *params)
         X = _stack([torch.from_numpy(f.x) for f in fwds], n)
-        return X.reshape((n,) + tuple(b.shape[1:])).to(dtype)
+        x = X.reshape((n,) + tuple(b.shape[1:])).to(dtype)
+        # Not a view: autograd forbids in-place changes of a Function's view outputs.
+        return x if x._base is None else x.clone()
 
     @staticmethod
     def backward(ctx, grad_x):
@@ -314,6 +316,19 @@ def _with_values(A, indptr, indices, values):
                                    indices.to(A.col_indices().dtype), values, A.shape)
 
 
+def _vdot(a, b):
+    """⟨a, b⟩ = Σ conj(a_i) b_i. Not torch.vdot: Debian's torch 1.13 returns 0 for complex
+    vectors (its value; the gradients, which difflsq uses, are right)."""
+    return (a.conj() * b).sum()
+
+
+def _own_graph():
+    """A context for the graphs difflsq builds for itself (the adjoint, θ̄, Ȧ products): their
+    saved tensors are kept as they are, whatever saved-tensor hooks the caller has set for its
+    own graph (non-reentrant checkpointing's refuse a backward pass inside its forward)."""
+    return torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t)
+
+
 def _callbacks(op, params, m, n, dtype):
     """matvec and rmatvec (NumPy in, NumPy out) for A(v, *params); Aᵀu by autograd through one
     application of A at v = 0 (valid for every u since A is linear in v). Checks linearity
@@ -325,7 +340,7 @@ def _callbacks(op, params, m, n, dtype):
         detached = [(p.clone() if p.is_inference() else p.detach()) if torch.is_tensor(p) else p
                     for p in params]
         v0 = torch.zeros(n, dtype=dtype, requires_grad=True)
-        with torch.enable_grad():
+        with torch.enable_grad(), _own_graph():
             out0 = _as_output(op(v0, *detached), m, what, dtype)
 
     def matvec(v):
@@ -358,18 +373,18 @@ def _tangent_products(op, params, tangents, m, n, dtype):
     def directional(u, v):  # s(u, v), recorded for one more differentiation
         leaves = _leaves(params, moving)
         y = _as_output(op(v, *leaves), m, what, dtype)
-        inner = torch.vdot(u, y).real
+        inner = _vdot(u, y).real
         if not inner.requires_grad:  # A does not depend on the moving params or on v
             return None
         grads = torch.autograd.grad(inner, [leaves[i] for i in moving], create_graph=True,
                                     allow_unused=True)
-        terms = [torch.vdot(g.reshape(-1), tangents[i].to(g.dtype).reshape(-1)).real
+        terms = [_vdot(g.reshape(-1), tangents[i].to(g.dtype).reshape(-1)).real
                  for i, g in zip(moving, grads) if g is not None]
         return sum(terms) if terms else None
 
     def product(size, wrt_u):
         def apply(w):
-            with torch.enable_grad():
+            with torch.enable_grad(), _own_graph():
                 u = torch.zeros(m, dtype=dtype, requires_grad=wrt_u)
                 v = torch.zeros(n, dtype=dtype, requires_grad=not wrt_u)
                 given = torch.from_numpy(w).to(dtype)
@@ -426,12 +441,12 @@ def _leaves(params, want):
 
 def _parameter_gradients(op, params, want, terms, dtype):
     """θ̄ = ∇_θ Σ ⟨u, A(θ) v⟩ over the terms of Ā = Σ u vᵀ (one autograd pass)."""
-    with torch.enable_grad():
+    with torch.enable_grad(), _own_graph():
         leaves = _leaves(params, want)
         total = 0
         for u, v in terms:
             y = op(torch.from_numpy(v).to(dtype), *leaves).reshape(-1)
-            total = total + torch.vdot(torch.from_numpy(u).to(y.dtype), y).real  # Re⟨u, A v⟩
+            total = total + _vdot(torch.from_numpy(u).to(y.dtype), y).real  # Re⟨u, A v⟩
         grads = torch.autograd.grad(total, [leaves[i] for i in want], allow_unused=True)
     out = [None] * len(params)
     for i, g in zip(want, grads):
@@ -813,7 +828,7 @@ class NullSpaceOptimizer:
     def _jacobian(self):
         """c(θ) and the products v ↦ J v, u ↦ Jᵀu at the current θ (NumPy in and out)."""
         import scipy.sparse.linalg as sla
-        with torch.enable_grad():
+        with torch.enable_grad(), _own_graph():
             c = self.constraint()
             if not torch.is_tensor(c) or c.dim() != 1:
                 raise ValueError("difflsq.torch.NullSpaceOptimizer: constraint() must return a "
