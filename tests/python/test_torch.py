@@ -507,6 +507,9 @@ def test_double_backward_raises_a_clear_error():
         torch.autograd.functional.hessian(lambda v: (dt.lstsq(A, v, 0.1) ** 2).sum(), bb)
     with pytest.raises(RuntimeError, match="double backward"):
         torch.autograd.grad(g.sum(), A, allow_unused=True)
+    # torch.autograd.functional.jvp is reverse-over-reverse: the message names forward mode.
+    with pytest.raises(RuntimeError, match="forward_ad"):
+        torch.autograd.functional.jvp(lambda v: dt.lstsq(A, v, 0.1), bb, torch.ones_like(bb))
     # First-order gradients taken with create_graph=True are still the exact ones.
     gA, gb = torch.autograd.grad((dt.lstsq(A, bb, 0.1, **TIGHT) ** 2).sum(), (A, bb),
                                  create_graph=True)

@@ -212,7 +212,9 @@ class _Lstsq(torch.autograd.Function):
 
 _DOUBLE_BACKWARD = ("difflsq.torch.lstsq does not support double backward (differentiating "
                     "its gradients, e.g. a Hessian or a gradient penalty); the first-order "
-                    "gradients are exact")
+                    "gradients are exact. For Jacobian-vector products use forward mode "
+                    "(torch.autograd.forward_ad), not torch.autograd.functional.jvp, which "
+                    "differentiates twice")
 
 
 class _Gradients(torch.autograd.Function):
