@@ -100,7 +100,7 @@ struct LsmrMethod {
       // As ratios of like-scaled quantities (SciPy multiplies first: the products of two
       // ‖A‖-sized numbers over- or underflow for ‖A‖ beyond 1e±154).
       const Real hbar_coef = -((thetabar / rhoold) * (rho / rhobarold));
-      const Real x_coef = (beta1 * (zeta / rho)) / rhobar;  // SciPy's ζ/(ρ ρ̄), ζ = β₁·zeta
+      const Real x_coef = beta1 * ((zeta / rho) / rhobar);  // SciPy's ζ/(ρ ρ̄), ζ = β₁·zeta
       const Real h_coef = -(thetanew / rho);
       if (!std::isfinite(hbar_coef) || !std::isfinite(x_coef) || !std::isfinite(h_coef)) {
         rep.status = Status::NonFinite;

@@ -80,8 +80,9 @@ struct LsqrMethod {
       phibar = sn * phibar;
       const Real tau = sn * phi;
 
-      // x += (φ/ρ) w,  w = v − (θ/ρ) w  [PS82, (4.12)], with SciPy's φ = β₁·phi.
-      const Real t1 = (beta1 * phi) / rho, t2 = -theta / rho;
+      // x += (φ/ρ) w,  w = v − (θ/ρ) w  [PS82, (4.12)], with SciPy's φ = β₁·phi (β₁ last: the
+      // product is then of x's scale, β₁·phi of b's, which may be subnormal).
+      const Real t1 = beta1 * (phi / rho), t2 = -theta / rho;
       if (!std::isfinite(t1) || !std::isfinite(t2)) {
         rep.status = Status::NonFinite;
         --itn;

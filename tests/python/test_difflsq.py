@@ -263,10 +263,13 @@ def test_extreme_scales_of_b_and_of_A_and_b(sa, sb, capsys):
             assert np.linalg.norm(x - ref) <= 1e-8 * np.linalg.norm(ref)
     out = capsys.readouterr().out
     assert "exact solution" not in out
-    # No iterations: x = 0 is not a solution, and the report says so (was istop 0).
-    kw = {"iter_lim": 0}
-    assert difflsq.lsqr(a * sa, b * sb, show=True, **kw)[1] == 7
+    # No iterations: x = 0 is not a solution, and the report says so (was istop 0), with LSMR's
+    # |A| estimate alpha_1 = |A^H b|/|b|, which does not underflow with |A^H b|.
+    assert difflsq.lsqr(a * sa, b * sb, show=True, iter_lim=0)[1] == 7
     assert "exact solution" not in capsys.readouterr().out
+    istop, itn, normr, normar, norma = difflsq.lsmr(a * sa, b * sb, maxiter=0)[1:6]
+    alpha = np.linalg.norm(a.T @ b) / np.linalg.norm(b)
+    assert istop == 7 and itn == 0 and abs(norma / sa - alpha) <= 1e-12 * alpha
 
 
 def test_b_zero_with_a_non_finite_A_is_exact_in_show_too(capsys):
@@ -286,7 +289,7 @@ def test_iteration_limits_are_read_as_scipy_reads_them():
     for limit in (np.inf, 10 ** 20, np.int64(10 ** 6), 1000.0):
         x, istop = difflsq.lsqr(a, b, iter_lim=limit)[:2]
         assert istop in (1, 2)
-    for bad in (-1, -0.5, np.nan, "ten", [3]):
+    for bad in (-1, -0.5, np.nan, "ten", "10", [3]):
         with pytest.raises(ValueError, match="iteration limit"):
             difflsq.lsqr(a, b, iter_lim=bad)
 
@@ -301,6 +304,12 @@ def test_damp_and_tolerances_must_be_real_and_in_range():
         with pytest.raises(ValueError, match="beyond the range of float32"):
             difflsq.lsmr(a32, b32, **kw)
     assert difflsq.lsmr(a, b, atol=1e39)[1] in (1, 2)  # float64 holds it
+    # Real numbers of other types are read as float() reads them.
+    from fractions import Fraction
+    x1 = difflsq.lsqr(a, b, damp=Fraction(1, 2))[0]
+    torch = pytest.importorskip("torch")
+    x2 = difflsq.lsqr(a, b, damp=torch.tensor(0.5, requires_grad=True))[0]
+    assert np.array_equal(x1, difflsq.lsqr(a, b, damp=0.5)[0]) and np.array_equal(x1, x2)
 
 
 @pytest.mark.parametrize("name", ["lsqr", "lsmr"])

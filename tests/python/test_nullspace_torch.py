@@ -566,3 +566,27 @@ def test_adam_first_step_is_no_longer_than_its_proposal():
     assert float(step.norm()) <= float(proposal.norm()) * (1 + 1e-6)
     # In N(J) to first order: J·step = 2 Σⱼ W_ij step_ij = 0 (c = 0 before: no correction).
     assert float((2 * (w0 * step).sum(dim=1)).abs().max()) < 1e-10 * float(step.norm())
+
+
+def test_steps_keep_no_graph_alive():
+    # The Jacobian products keep c's graph for the step (create_graph); an op that saves its own
+    # output (exp) must not make it outlive the step, as identity saved-tensor hooks did.
+    import gc
+    n = 50000
+    torch.manual_seed(0)
+    theta = torch.randn(n, dtype=torch.float64, requires_grad=True)
+    opt = dt.NullSpaceOptimizer([theta], torch.optim.SGD([theta], lr=1e-3),
+                                lambda: (torch.exp(theta).sum() - n).reshape(1))
+
+    def live():
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if torch.is_tensor(o) and o.numel() >= n)
+
+    counts = []
+    for k in range(12):
+        theta.grad = None
+        theta.sum().backward()
+        opt.step()
+        if k in (3, 11):
+            counts.append(live())
+    assert counts[0] == counts[1]

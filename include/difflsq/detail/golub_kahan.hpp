@@ -36,7 +36,7 @@ struct GolubKahan {
     beta = check(norm2(ws.u));
     if (!finite) return;
     if (beta > 0) {
-      ws.u *= Scalar(1 / beta);
+      ws.u /= Scalar(beta);  // not ·(1/β): 1/β overflows for a subnormal ‖b‖
       if constexpr (HasFusedAdjointStep<Op>) {
         if (op.fuses_adjoint_step()) {
           alpha = fused_step_v(0);

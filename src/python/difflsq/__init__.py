@@ -90,7 +90,8 @@ def _solve(method, A, b, damp, atol, btol, conlim, maxiter, show, calc_var, x0):
     x0_arr = None if x0 is None else np.asarray(x0)
     if not np.isscalar(damp) and np.ndim(damp) != 0:
         raise ValueError(f"difflsq: damp must be a scalar, got shape {np.shape(damp)}")
-    if np.asarray(damp).dtype.kind not in "biuf":  # not complex (its real part), not a string
+    # float() would read a string, and a complex damp's real part (with a warning only).
+    if isinstance(damp, (str, bytes)) or _is_complex(damp):
         raise ValueError(f"difflsq: damp must be a real number, got {damp!r}")
     damp = float(damp)
     maxiter = _iteration_limit(maxiter)
@@ -131,15 +132,15 @@ def _solve(method, A, b, damp, atol, btol, conlim, maxiter, show, calc_var, x0):
         # SciPy's default limits, as the C++ methods' default_max_iterations.
         shown = limit if limit >= 0 else (min(m, n) if method == "lsmr" else 2 * n)
         _print_header(method, m, n, damp, atol, btol, conlim, shown, calc_var)
-        x, rn, arn, exact = initial
+        x, rn, arn, alpha = initial
         # As SciPy: when Aᴴr0 = 0, one line says so and nothing follows (no progress, no
         # footer); else the column heads and the line for iteration 0.
-        show = not exact  # a NaN goes on to the solve, which raises NonFiniteError
+        show = rn != 0 and alpha != 0  # a NaN goes on to the solve: NonFiniteError
         if not show:
             print("The exact solution is  x = 0                              " if method == "lsqr"
                   else "The exact solution is x = 0, or x = x0, if x0 was given  ")
         else:
-            _print_line(method, 0, x[0], rn, rn, arn, 1.0, (arn / rn) / rn, None, None)
+            _print_line(method, 0, x[0], rn, rn, arn, 1.0, alpha / rn, None, None)
     if limit == 0:
         result = _zero_iterations(method, initial, n, dtype)
         if show:
@@ -180,6 +181,16 @@ def _solve(method, A, b, damp, atol, btol, conlim, maxiter, show, calc_var, x0):
     return _shape(method, result)
 
 
+def _is_complex(v):
+    """Whether v is a complex scalar (Python, NumPy, a 0-d array or tensor)."""
+    dtype = getattr(v, "dtype", None)
+    if dtype is None:
+        return isinstance(v, complex)
+    if hasattr(dtype, "is_complex"):  # a torch dtype
+        return bool(dtype.is_complex)
+    return np.dtype(dtype).kind == "c"
+
+
 def _iteration_limit(maxiter):
     """The number of iterations SciPy's `while itn < maxiter` makes: ceil(maxiter); None, inf
     and anything beyond 2^62 mean no practical limit (None: the method's default)."""
@@ -189,6 +200,8 @@ def _iteration_limit(maxiter):
         limit = int(maxiter)
     else:
         try:
+            if isinstance(maxiter, (str, bytes)):  # SciPy's loop compares numbers only
+                raise TypeError
             value = float(maxiter)
         except (TypeError, ValueError):
             raise ValueError(f"difflsq: the iteration limit must be a number, got {maxiter!r}") \
@@ -244,9 +257,9 @@ def _check_scalars(dtype, damp, atol, btol, conlim):
 
 
 def _initial_residual(A, kind, b, x0, n, dtype):
-    """x0 (or 0), ‖r0‖, ‖Aᴴr0‖ for r0 = b − A x0, and whether x0 is exact (r0 = 0, whatever A
-    holds, or Aᴴr0 = 0). As the solvers start: ‖Aᴴr0‖ = ‖Aᴴu‖·‖r0‖ for the unit u = r0/‖r0‖,
-    and exactness is read off the factors, since their product underflows for a small A and b."""
+    """x0 (or 0), ‖r0‖, ‖Aᴴr0‖ and α₁ = ‖Aᴴu‖ for r0 = b − A x0 and the unit u = r0/‖r0‖ (0 when
+    r0 = 0, whatever A holds). As the solvers start: x0 is exact when ‖r0‖ = 0 or α₁ = 0, read
+    off the factors, since ‖Aᴴr0‖ = α₁‖r0‖ underflows for a small A and b."""
     if x0 is None:  # r0 = b, as the solvers take it: no product with A (0·Inf would be NaN)
         x, r = np.zeros(n, dtype=dtype), b
     else:
@@ -254,10 +267,10 @@ def _initial_residual(A, kind, b, x0, n, dtype):
         r = b - (A @ x if kind != "operator" else A.matvec(x))
     rn = _norm(r)
     if rn == 0:
-        return x, 0.0, 0.0, True
+        return x, 0.0, 0.0, 0.0
     u = r / rn
     alpha = _norm(np.asarray(A.T.conj() @ u if kind != "operator" else A.rmatvec(u)).reshape(-1))
-    return x, rn, alpha * rn, alpha == 0
+    return x, rn, alpha * rn, alpha
 
 
 def _zero_iterations(method, initial, n, dtype):
@@ -266,18 +279,18 @@ def _zero_iterations(method, initial, n, dtype):
     SciPy reports istop 0 ("x = 0 is the exact solution") here whatever b is; difflsq reports 7
     (iteration limit) unless r0 = 0 or A^H r0 = 0, so that a non-solution never looks converged.
     """
-    x, rn, arn, exact = initial  # _initial_residual's (x0 or 0, ‖r0‖, ‖Aᴴr0‖, exactness)
+    x, rn, arn, alpha = initial  # _initial_residual's (x0 or 0, ‖r0‖, ‖Aᴴr0‖, ‖Aᴴr0‖/‖r0‖)
     if not (np.isfinite(rn) and np.isfinite(arn)):  # A (times 0 or x0) is not finite
         raise NonFiniteError(f"difflsq.{method}: the operator produced a non-finite value (Inf "
                              f"or NaN) in b - A x0 or A^H (b - A x0), before any iteration",
                              _shape(method, (x, STATUS_NON_FINITE, 0, rn, rn, 0.0, 0.0, arn, 0.0,
                                              np.zeros(n, np.zeros(0, dtype).real.dtype))))
-    istop = 0 if exact else 7
+    istop = 0 if rn == 0 or alpha == 0 else 7
     real = np.zeros(0, dtype=dtype).real.dtype
     if method == "lsqr":  # SciPy's initial estimates; xnorm is ‖x − x0‖
         anorm, acond, xnorm = 0.0, 0.0, 0.0
     else:  # LSMR's: ‖A‖ ≈ α₁ = ‖Aᴴr0‖/‖r0‖, cond = 1; xnorm is ‖x‖
-        anorm, acond, xnorm = (arn / rn if rn else 0.0), 1.0, _norm(x)
+        anorm, acond, xnorm = alpha, 1.0, _norm(x)
     return (x, istop, 0, rn, rn, anorm, acond, arn, xnorm, np.zeros(n, real))
 
 

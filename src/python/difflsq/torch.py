@@ -325,9 +325,13 @@ def _vdot(a, b):
 
 
 def _own_graph():
-    """A context for the graphs difflsq builds for itself (the adjoint, θ̄, Ȧ products): their
+    """A context for the graph of Aᵀu that _callbacks records in the caller's forward pass: its
     saved tensors are kept as they are, whatever saved-tensor hooks the caller has set for its
-    own graph (non-reentrant checkpointing's refuse a backward pass inside its forward)."""
+    own graph (non-reentrant checkpointing's refuse a backward pass inside its forward).
+    Identity hooks hold a saved tensor with its history, which is a reference cycle where an op
+    saves its own output (exp, tanh, norm, ...): a leak once the graph is kept. The ops recorded
+    here are linear in v and save no output of theirs; difflsq's graphs of θ (θ̄, Ȧ, the null-
+    space optimizer's J) are not recorded under these hooks."""
     return torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t)
 
 
@@ -386,7 +390,7 @@ def _tangent_products(op, params, tangents, m, n, dtype):
 
     def product(size, wrt_u):
         def apply(w):
-            with torch.enable_grad(), _own_graph():
+            with torch.enable_grad():
                 u = torch.zeros(m, dtype=dtype, requires_grad=wrt_u)
                 v = torch.zeros(n, dtype=dtype, requires_grad=not wrt_u)
                 given = torch.from_numpy(w).to(dtype)
@@ -443,7 +447,7 @@ def _leaves(params, want):
 
 def _parameter_gradients(op, params, want, terms, dtype):
     """θ̄ = ∇_θ Σ ⟨u, A(θ) v⟩ over the terms of Ā = Σ u vᵀ (one autograd pass)."""
-    with torch.enable_grad(), _own_graph():
+    with torch.enable_grad():
         leaves = _leaves(params, want)
         total = 0
         for u, v in terms:
@@ -830,7 +834,7 @@ class NullSpaceOptimizer:
     def _jacobian(self):
         """c(θ) and the products v ↦ J v, u ↦ Jᵀu at the current θ (NumPy in and out)."""
         import scipy.sparse.linalg as sla
-        with torch.enable_grad(), _own_graph():
+        with torch.enable_grad():
             c = self.constraint()
             if not torch.is_tensor(c) or c.dim() != 1:
                 raise ValueError("difflsq.torch.NullSpaceOptimizer: constraint() must return a "
