@@ -92,6 +92,11 @@ struct SolveSummary {
   bool converged;
 };
 
+template <class Real>
+SolveSummary summary(const char* role, const Report<Real>& report) {
+  return {role, report.status, report.iterations, report.converged()};
+}
+
 /// Thrown under FailurePolicy::Raise when a solve did not converge; names the solve. solves()
 /// lists the solves of the call that threw, in order, the one that failed last.
 class SolveError : public std::runtime_error {
@@ -187,8 +192,7 @@ void on_failure(FailurePolicy policy, const std::function<void(const std::string
   std::vector<SolveSummary> solves;
   switch (policy) {
     case FailurePolicy::Raise:
-      for (const auto& s : log)
-        solves.push_back({s.role, s.report.status, s.report.iterations, s.report.converged()});
+      for (const auto& s : log) solves.push_back(summary(s.role, s.report));
       throw SolveError(msg, report.status, std::move(solves));
     case FailurePolicy::Warn:
       if (warn)

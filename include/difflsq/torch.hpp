@@ -179,31 +179,33 @@ LeastSquaresOptions<Scalar> layer_options(const TorchLstsqOptions& o) {
   return out;
 }
 
-/// Appends a solve to `list` of `info` (when there is one).
-template <class Real>
+/// Appends the solves of a pass's result to `list` of `info` (when there is one): a forward
+/// pass's one solve as "forward", the rules' solves by their roles.
+template <LinearOperator Op>
 void record(const std::shared_ptr<TorchLstsqInfo>& info,
-            std::vector<TorchSolveRecord> TorchLstsqInfo::*list, const char* role,
-            const Report<Real>& report) {
-  if (info) ((*info).*list).push_back({role, report.status, report.iterations, report.converged()});
+            std::vector<TorchSolveRecord> TorchLstsqInfo::*list, const Forward<Op>& f) {
+  if (info) ((*info).*list).push_back(summary("forward", f.report));
 }
-template <class Real>
+template <class Result>
 void record(const std::shared_ptr<TorchLstsqInfo>& info,
-            std::vector<TorchSolveRecord> TorchLstsqInfo::*list,
-            const std::vector<SolveRecord<Real>>& solves) {
-  for (const auto& s : solves) record(info, list, s.role, s.report);
+            std::vector<TorchSolveRecord> TorchLstsqInfo::*list, const Result& r) {
+  if (info)
+    for (const auto& s : r.solves) ((*info).*list).push_back(summary(s.role, s.report));
 }
 
-/// fn(), a pass of the layer; the solves of a SolveError it throws go to `list` of `info`
-/// before the error goes on (the forward solve's role as "forward", like record()'s).
+/// fn(), a pass of the layer, with its solves recorded in `list` of `info`: those of its
+/// result, or those of the SolveError it throws, before the error goes on.
 template <class Fn>
-decltype(auto) recording(const std::shared_ptr<TorchLstsqInfo>& info,
-                         std::vector<TorchSolveRecord> TorchLstsqInfo::*list, Fn&& fn) {
+auto logged_pass(const std::shared_ptr<TorchLstsqInfo>& info,
+                 std::vector<TorchSolveRecord> TorchLstsqInfo::*list, Fn&& fn) {
   try {
-    return std::forward<Fn>(fn)();
+    auto result = std::forward<Fn>(fn)();
+    record(info, list, result);
+    return result;
   } catch (const SolveError& e) {
     if (info)
       for (auto s : e.solves()) {
-        if (list == &TorchLstsqInfo::forward) s.role = "forward";
+        if (list == &TorchLstsqInfo::forward) s.role = "forward";  // as record()'s
         ((*info).*list).push_back(std::move(s));
       }
     throw;
@@ -682,13 +684,11 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
     }
     for (Index j = 0; j < k; ++j) {
       const Eigen::Map<const Vector<Scalar>> bj(detail::data<Scalar>(bt) + j * m, m);
-      auto f = detail::recording(options.info, &TorchLstsqInfo::forward,
-                                 [&] { return layer.forward(op, bj, lam); });
-      detail::record(options.info, &TorchLstsqInfo::forward, "forward", f.report);
+      auto f = detail::logged_pass(options.info, &TorchLstsqInfo::forward,
+                                   [&] { return layer.forward(op, bj, lam); });
       if (t) {
-        auto out = detail::recording(options.info, &TorchLstsqInfo::jvp,
-                                     [&] { return layer.jvp(f, t->column(j)); });
-        detail::record(options.info, &TorchLstsqInfo::jvp, out.solves);
+        auto out = detail::logged_pass(options.info, &TorchLstsqInfo::jvp,
+                                       [&] { return layer.jvp(f, t->column(j)); });
         dxs.push_back(std::move(out.x));
       }
       xs[j] = std::move(f.x);
@@ -746,9 +746,8 @@ class LstsqFunction : public torch::autograd::Function<LstsqFunction> {
       f.report.status = static_cast<Status>(status[j][0].item<int64_t>());
       f.report.iterations = static_cast<Index>(status[j][1].item<int64_t>());
       f.report.anorm = static_cast<RealOf<Scalar>>(anorm[j].item<double>());
-      auto g = detail::recording(options.info, &TorchLstsqInfo::backward,
-                                 [&] { return layer.backward(f, col(gt, j, n)); });
-      detail::record(options.info, &TorchLstsqInfo::backward, g.solves);
+      auto g = detail::logged_pass(options.info, &TorchLstsqInfo::backward,
+                                   [&] { return layer.backward(f, col(gt, j, n)); });
       theta += g.theta;
       bbars[j] = std::move(g.b);
       dsum += static_cast<double>(g.damp);
@@ -796,15 +795,13 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
       }
       for (Index j = 0; j < bt.size(0); ++j) {
         const Eigen::Map<const Vector<Scalar>> bj(detail::data<Scalar>(bt) + j * m, m);
-        st->columns.push_back(detail::recording(st->info, &TorchLstsqInfo::forward, [&] {
+        st->columns.push_back(detail::logged_pass(st->info, &TorchLstsqInfo::forward, [&] {
           return st->layer.forward(st->op, bj, lam);
         }));
-        detail::record(st->info, &TorchLstsqInfo::forward, "forward", st->columns.back().report);
         if (t) {
-          auto out = detail::recording(st->info, &TorchLstsqInfo::jvp, [&] {
+          auto out = detail::logged_pass(st->info, &TorchLstsqInfo::jvp, [&] {
             return st->layer.jvp(st->columns.back(), t->column(j));
           });
-          detail::record(st->info, &TorchLstsqInfo::jvp, out.solves);
           dxs.push_back(std::move(out.x));
         }
         xs.push_back(st->columns.back().x);
@@ -844,9 +841,8 @@ class LstsqCallableFunction : public torch::autograd::Function<LstsqCallableFunc
         double dsum = 0;
         for (std::size_t j = 0; j < st.columns.size(); ++j) {
           const Eigen::Map<const Vector<Scalar>> xbar(detail::data<Scalar>(gt) + Index(j) * n, n);
-          auto g = detail::recording(st.info, &TorchLstsqInfo::backward,
-                                     [&] { return st.layer.backward(st.columns[j], xbar); });
-          detail::record(st.info, &TorchLstsqInfo::backward, g.solves);
+          auto g = detail::logged_pass(st.info, &TorchLstsqInfo::backward,
+                                       [&] { return st.layer.backward(st.columns[j], xbar); });
           bbars.push_back(std::move(g.b));
           dsum += static_cast<double>(g.damp);
           for (auto& term : g.a_terms) terms.push_back(std::move(term));

@@ -196,22 +196,16 @@ def _iteration_limit(maxiter):
     and anything beyond 2^62 mean no practical limit (None: the method's default)."""
     if maxiter is None:
         return None
-    if isinstance(maxiter, (int, np.integer)) and not isinstance(maxiter, (bool, np.bool_)):
-        limit = int(maxiter)
-    else:
-        try:
-            if isinstance(maxiter, (str, bytes)):  # SciPy's loop compares numbers only
-                raise TypeError
-            value = float(maxiter)
-        except (TypeError, ValueError):
-            raise ValueError(f"difflsq: the iteration limit must be a number, got {maxiter!r}") \
-                from None
-        if not value >= 0:  # NaN too
-            raise ValueError(f"difflsq: the iteration limit must be >= 0, got {maxiter}")
-        limit = value if math.isinf(value) else math.ceil(value)
-    if limit < 0:
+    try:
+        if isinstance(maxiter, (str, bytes)):  # SciPy's loop compares numbers only
+            raise TypeError
+        value = float(maxiter)
+    except (TypeError, ValueError):
+        raise ValueError(f"difflsq: the iteration limit must be a number, got {maxiter!r}") \
+            from None
+    if not value >= 0:  # NaN too
         raise ValueError(f"difflsq: the iteration limit must be >= 0, got {maxiter}")
-    return int(min(limit, 2 ** 62))
+    return int(min(math.ceil(value) if math.isfinite(value) else value, 2 ** 62))
 
 
 def _norm(v):
