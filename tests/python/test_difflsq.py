@@ -199,6 +199,13 @@ def test_bad_input_raises_value_error(limit):
         lsqr(np.zeros((2, 3, 4)), b)
     with pytest.raises(TypeError, match="longdouble|float128|float96"):
         lsqr(a.astype(np.longdouble), b)
+    # Object arrays are not read entry by entry (a string parsed, a complex entry a TypeError).
+    for obj in (a.astype(object), np.where(a > 0, "1", a).astype(object),
+                (a + 1j).astype(object)):
+        with pytest.raises(ValueError, match="A must be numeric, got dtype object"):
+            lsqr(obj, b)
+    with pytest.raises(ValueError, match="b must be numeric"):
+        lsmr(a, b.astype(object))
 
 
 @pytest.mark.parametrize("name", ["lsqr", "lsmr", "cgls"])

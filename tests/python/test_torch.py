@@ -468,6 +468,23 @@ def test_callable_without_right_hand_sides_gives_zero_parameter_gradients():
     assert W.grad is not None and torch.count_nonzero(W.grad) == 0
 
 
+def test_callable_dtype_with_integer_b_and_errors_inside_the_callable():
+    A = torch.randn(5, 3, dtype=F64)
+    b = torch.arange(5)
+    # An integer b takes the dtype of the first floating param, as a tensor A gives its own.
+    for grad in (True, False):
+        M = A.clone().requires_grad_(grad)
+        x = dt.lstsq(lambda v, M: M @ v, b, 0.1, params=(M,), shape=(5, 3), atol=1e-12,
+                     btol=1e-12)
+        assert x.dtype == F64
+        torch.testing.assert_close(x, dt.lstsq(A, b, 0.1, atol=1e-12, btol=1e-12))
+    # A callable whose own tensors do not match b's dtype: its error, with a note on the dtype.
+    for mode in (torch.enable_grad, torch.no_grad):
+        with mode(), pytest.raises(RuntimeError) as err:
+            dt.lstsq(lambda v: A @ v, b.float(), 0.1, shape=(5, 3))
+        assert any("v of dtype torch.float32" in note for note in err.value.__notes__)
+
+
 def test_bad_input_and_unsupported_device():
     A = torch.randn(5, 3, dtype=F64)
     with pytest.raises(ValueError, match="shape"):

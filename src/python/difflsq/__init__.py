@@ -71,10 +71,16 @@ def _working_dtype(*dtypes):
     return np.result_type(dt, np.float64)
 
 
+def _check_numeric(dtype, name):
+    # An object array would be read element by element by float(): strings parsed, complex
+    # entries a bare TypeError.
+    if not (np.issubdtype(dtype, np.number) or dtype == bool):
+        raise ValueError(f"difflsq: {name} must be numeric, got dtype {dtype}")
+
+
 def _prepare_vector(v, name, dtype, size):
     v = np.asarray(v)
-    if not (np.issubdtype(v.dtype, np.number) or v.dtype == bool):
-        raise ValueError(f"difflsq: {name} must be numeric, got dtype {v.dtype}")
+    _check_numeric(v.dtype, name)
     v = np.atleast_1d(v)
     if v.ndim > 1:
         v = v.squeeze()
@@ -101,9 +107,11 @@ def _solve(method, A, b, damp, atol, btol, conlim, maxiter, show, calc_var, x0):
         A = np.asarray(A)
         if A.ndim != 2:
             raise ValueError(f"difflsq: A must be 2-D, got shape {A.shape}")
+        _check_numeric(A.dtype, "A")
         a_dtype = A.dtype if A.dtype.kind in "fc" else np.float64
     elif scipy.sparse.issparse(A):
         kind = "sparse"
+        _check_numeric(A.dtype, "A")
         a_dtype = A.dtype if A.dtype.kind in "fc" else np.float64
     else:
         kind = "operator"

@@ -335,6 +335,17 @@ def _own_graph():
     return torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t)
 
 
+def _first_call(op, v, params):
+    """op(v, *params), the first call of a user's callable: an error raised inside it (often a
+    dtype mismatch with its params) is kept, with a note naming the dtype difflsq passed."""
+    try:
+        return op(v, *params)
+    except Exception as e:
+        e.add_note(f"difflsq.torch: raised by A(v, *params) with v of dtype {v.dtype}, the "
+                   f"solve's dtype: b's, or for an integer b that of the first floating params")
+        raise
+
+
 def _callbacks(op, params, m, n, dtype):
     """matvec and rmatvec (NumPy in, NumPy out) for A(v, *params); Aᵀu by autograd through one
     application of A at v = 0 (valid for every u since A is linear in v). Checks linearity
@@ -347,7 +358,7 @@ def _callbacks(op, params, m, n, dtype):
                     for p in params]
         v0 = torch.zeros(n, dtype=dtype, requires_grad=True)
         with torch.enable_grad(), _own_graph():
-            out0 = _as_output(op(v0, *detached), m, what, dtype)
+            out0 = _as_output(_first_call(op, v0, detached), m, what, dtype)
 
     def matvec(v):
         with torch.no_grad():
@@ -587,14 +598,16 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
         m, n = (int(s) for s in shape)
         op = A
         dtype = None
-        source = "torch.get_default_dtype(), used as b's dtype is not supported"
+        source = "b"  # not used: the solve takes b's dtype
     else:
         raise TypeError(f"difflsq.torch: A must be a tensor or a callable, got {type(A).__name__}")
     if not torch.is_tensor(b):
         b = torch.as_tensor(b, dtype=dtype)
     _check_device("b", b)
-    if dtype is None:
-        dtype = b.dtype if b.dtype in _SUFFIX else torch.get_default_dtype()
+    params = tuple(params)
+    if dtype is None:  # a callable: b's dtype, for an integer b the first floating param's
+        floating = [p.dtype for p in params if torch.is_tensor(p) and p.dtype in _SUFFIX]
+        dtype = b.dtype if b.dtype in _SUFFIX else (floating + [torch.get_default_dtype()])[0]
     if b.dtype != dtype:
         if b.is_floating_point() or b.is_complex():
             raise TypeError(f"difflsq.torch: b has dtype {b.dtype}, expected {dtype} "
@@ -643,7 +656,7 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
         # its tangent (forward mode; _as_output raises). One product outside finds either.
         primals = [_fwad.unpack_dual(p).primal.detach() if torch.is_tensor(p) else p
                    for p in params]
-        y = op(torch.zeros(n, dtype=dtype), *primals)
+        y = _first_call(op, torch.zeros(n, dtype=dtype), primals)
         _as_output(y, m, "A(v, *params)", dtype)
         # A tensor requiring grad at the leaves of y's graph in two calls is captured; one
         # made afresh in each call (autograd used inside the callable) is not.
