@@ -1245,3 +1245,88 @@ TEST_CASE("layer: float jvp through (G12) for a rank-deficient A and small dampi
     CHECK(rel(xdot_float, xdot) < 5e-5);
   }
 }
+
+TEST_CASE("layer: LSQR's ‖A‖ estimate after a first step that ends the bidiagonalization") {
+  // For a 1 × n A or a selection of rows, A v₁ − α₁u₁ = 0: β₂ = 0 after one step. lsqr.py then
+  // leaves its ‖A‖ estimate at 0, and so did LSQR here; the layer read 0 as strong damping
+  // (z = r/λ², rounding noise at λ = 1e-8) and ẋ and the gradients were off by O(1) with a
+  // converged status. Reference: x = Aᵀ(AAᵀ + λ²I)⁻¹b, well conditioned for these A.
+  const auto wide_solution = [](const Mat& a, const Vec& b, double lam) -> Vec {
+    const Mat g = a * a.transpose() + lam * lam * Mat::Identity(a.rows(), a.rows());
+    return a.transpose() * g.ldlt().solve(b);
+  };
+  std::mt19937_64 gen(23);
+  std::normal_distribution<double> normal;
+  const double lam = 1e-8, h = 1e-6;
+  for (int trial = 0; trial < 12; ++trial) {
+    CAPTURE(trial);
+    const Mat a = trial < 10 ? Mat(Mat::NullaryExpr(1, 5, [&] { return normal(gen); }))
+                             : selection(7, {4, 5, 6});
+    const Mat da = Mat::NullaryExpr(a.rows(), a.cols(), [&] { return normal(gen); });
+    const Vec b = Vec::NullaryExpr(a.rows(), [&] { return normal(gen); });
+    const Vec xbar = Vec::NullaryExpr(a.cols(), [&] { return normal(gen); });
+    LeastSquares<double> layer({.method = Method::Lsqr});
+    auto op = parameterized(a);
+    auto fwd = layer.forward(op, b, lam);
+    CHECK(fwd.report.anorm >= (1 - 1e-12) * a.operatorNorm());
+    const Vec xdot =
+        (wide_solution(a + h * da, b, lam) - wide_solution(a - h * da, b, lam)) / (2 * h);
+    const auto t = layer.jvp(fwd, {.theta = da.reshaped()});
+    CHECK(t.converged());
+    CHECK(rel(t.x, xdot) < 1e-6);
+    const auto g = layer.backward(fwd, xbar);
+    CHECK(std::abs(g.theta.dot(da.reshaped()) - xbar.dot(xdot)) < 1e-6 * xbar.norm() * xdot.norm());
+  }
+}
+
+TEST_CASE("layer: float jvp under strong damping, and along λ for a rank-deficient A") {
+  // λ ≫ ‖A‖: the (G12) solve's head is swamped by rounding but ẋ = its tail/λ is accurate; jvp
+  // used to drop it for the split, whose undamped solve needs cond(A) iterations (SolveError).
+  // And a regression check: an exactly rank-deficient A (duplicate columns), λ = 1e-2, tangent
+  // on λ only, where jvp now tests the (G12) solve's tail instead of its head.
+  // References: central differences of dense solves in double of the same float data.
+  std::mt19937_64 gen(31);
+  std::normal_distribution<double> normal;
+  const auto gaussian = [&](Index rows, Index cols) {
+    return Mat(Mat::NullaryExpr(rows, cols, [&] { return normal(gen); }));
+  };
+  const Index m = 20, n = 20;
+  const Eigen::MatrixXf strong = (gaussian(m, n) / std::sqrt(double(m))).cast<float>();
+  Eigen::MatrixXf deficient = (gaussian(m, n) / std::sqrt(double(m))).cast<float>();
+  for (Index j = 0; j < 8; ++j) deficient.col(n - 1 - j) = deficient.col(j);  // rank 12, exactly
+  const Eigen::VectorXf b = gaussian(m, 1).cast<float>();
+  const Eigen::MatrixXf da = gaussian(m, n).cast<float>();
+  for (Method method : kMethods) {
+    CAPTURE(name(method));
+    LeastSquares<float> layer({.method = method});
+    {
+      const float lam = 1e4f;
+      auto op = parameterized(strong);
+      auto fwd = layer.forward(op, b, lam);
+      const auto t = layer.jvp(fwd, {.theta = da.reshaped(), .damp = 1.0f});
+      CHECK(t.converged());
+      const Vec ref = fd_direction<double>(strong.cast<double>(), b.cast<double>(), lam,
+                                           da.cast<double>(), Vec::Zero(m), 1.0, 1e-2);
+      CHECK(rel(t.x.cast<double>(), ref) < 1e-4);
+      // Backward: the head was swamped there too, and the split failed; now (G6).
+      const Vec db = gaussian(m, 1), xbar = gaussian(n, 1);
+      const auto g = layer.backward(fwd, xbar.cast<float>());
+      CHECK(g.converged());
+      const Vec dx = fd_direction<double>(strong.cast<double>(), b.cast<double>(), lam,
+                                          da.cast<double>(), db, 1.0, 1e-2);
+      const double pairing = g.theta.cast<double>().dot(da.cast<double>().reshaped()) +
+                             g.b.cast<double>().dot(db) + double(g.damp);
+      CHECK(std::abs(pairing - xbar.dot(dx)) < 1e-4 * xbar.norm() * dx.norm());
+    }
+    {
+      const float lam = 1e-2f;
+      auto op = parameterized(deficient);
+      auto fwd = layer.forward(op, b, lam);
+      const auto t = layer.jvp(fwd, {.damp = 1.0f});
+      CHECK(t.converged());
+      const Vec ref = fd_direction<double>(deficient.cast<double>(), b.cast<double>(), lam,
+                                           Mat::Zero(m, n), Vec::Zero(m), 1.0, 1e-7);
+      CHECK(rel(t.x.cast<double>(), ref) < 1e-3);
+    }
+  }
+}

@@ -351,12 +351,12 @@ TEST_CASE("projections against brute force") {
     Vec x(n);
     for (Index i = 0; i < n; ++i) x[i] = 2 * normal(gen);
     const double total = trial % 3 == 0 ? 1.0 : 0.5 + std::abs(normal(gen));
-    const Vec y = project_simplex<double>(x, total);
+    const Vec y = project_simplex(x, total);
     CHECK((y - brute_simplex(x, total)).norm() < 1e-12);
     CHECK(y.minCoeff() >= 0);
     CHECK(y.sum() == doctest::Approx(total));
     // Box and non-negative: clamp is optimal coordinate-wise; check against a grid search.
-    const Vec b = project_box<double>(x, -0.5, 0.7);
+    const Vec b = project_box(x, -0.5, 0.7);
     for (Index i = 0; i < n; ++i) {
       double best = -0.5, bd = 1e300;
       for (int s = 0; s <= 1200; ++s) {
@@ -365,9 +365,9 @@ TEST_CASE("projections against brute force") {
       }
       CHECK(std::abs(b[i] - best) <= 0.5e-3 + 1e-12);
     }
-    CHECK(project_nonnegative<double>(x) == project_box<double>(x, 0.0, 1e300));
+    CHECK(project_nonnegative(x) == project_box(x, 0.0, 1e300));
     // Ball: the projection is on the segment to the origin; no point of the ball is closer.
-    const Vec p = project_ball<double>(x, 0.8);
+    const Vec p = project_ball(x, 0.8);
     CHECK(p.norm() <= 0.8 + 1e-12);
     for (int s = 0; s < 20; ++s) {
       Vec q(n);
@@ -377,7 +377,16 @@ TEST_CASE("projections against brute force") {
       CHECK((p - x).norm() <= (q - x).norm() + 1e-12);
     }
   }
-  CHECK_THROWS_AS(project_simplex<double>(Vec::Zero(3), -1.0), std::invalid_argument);
-  CHECK_THROWS_AS(project_box<double>(Vec::Zero(3), 1.0, 0.0), std::invalid_argument);
-  CHECK_THROWS_AS(project_ball<double>(Vec::Zero(3), -1.0), std::invalid_argument);
+  CHECK_THROWS_AS(project_simplex(Vec::Zero(3), -1.0), std::invalid_argument);
+  CHECK_THROWS_AS(project_box(Vec::Zero(3), 1.0, 0.0), std::invalid_argument);
+  CHECK_THROWS_AS(project_ball(Vec::Zero(3), -1.0), std::invalid_argument);
+  // Any real vector expression, its scalar deduced: a strided Map, a block, float, int bounds.
+  const Eigen::MatrixXd M = Eigen::MatrixXd::Random(4, 5);
+  const Vec row = M.row(2).transpose();
+  CHECK(project_simplex(M.row(2).transpose()) == project_simplex(row));
+  CHECK(project_box(M.col(1).head(3), 0, 1) == project_box(Vec(M.col(1).head(3)), 0.0, 1.0));
+  const Eigen::VectorXf xf = row.cast<float>();
+  const Eigen::VectorXf pf = project_ball(xf, 0.5);
+  CHECK(pf.norm() == doctest::Approx(std::min(0.5, row.norm())).epsilon(1e-6));
+  CHECK(project_nonnegative(xf) == project_box(xf, 0, 1e30f));
 }

@@ -317,7 +317,7 @@ class LeastSquares {
       g.damp = -2 * lam * std::real(f.x.dot(y));  // (G4); Eigen's dot is xᴴy
       g.a_terms.emplace_back(f.r, std::move(y));  // Ā = r yᴴ − b̄ xᴴ (G2)
       g.a_terms.emplace_back(-g.b, f.x);
-    } else if (m >= n) {
+    } else if (m >= n && !strongly_damped(f)) {
       // Tall, λ = 0 or too small for (G12) (G5): split x̄ = Aᴴp + q with q ∈ N(A); then
       // y = (AᴴA + λ²I)⁺x̄ = argmin ‖Ay − p‖² + λ²‖y‖² + q/λ², the last term only for λ > 0.
       const auto [p, q, null_part] = split("backward: min |A^T p - xbar|", a, xbar, tol, g.solves);
@@ -331,7 +331,9 @@ class LeastSquares {
       g.a_terms.emplace_back(-g.b, f.x);
       if (null_part && !stacked_ok(lam)) g.a_terms.emplace_back(dual(f, g.solves), q);  // (G7)
     } else {
-      // Wide (G6): b̄ = (AAᴴ + λ²I)⁺ A x̄ directly; s = x̄ − Aᴴb̄ = λ²y; Ā = z sᴴ − b̄ xᴴ.
+      // Wide, or tall and strongly damped (λ ≫ ‖A‖, where rounding swamps the head of the
+      // (G12) solve's w, and the split's undamped solve would need cond(A) iterations) (G6):
+      // b̄ = (AAᴴ + λ²I)⁺ A x̄ directly; s = x̄ − Aᴴb̄ = λ²y; Ā = z sᴴ − b̄ xᴴ.
       g.b = run("backward: min |A^T c - xbar|^2 + damp^2 |c|^2", at, xbar, lam, nullptr, tol,
                 g.solves);
       Vector<Scalar> s(n);
@@ -408,11 +410,11 @@ class LeastSquares {
       a.apply_adjoint(c, rhs);
       rhs -= (2 * lam * dlam) * f.x;
       if (moving) rhs += ad_r;
-      // As in backward: when rounding swamps the solve (float, a rank-deficient A, a small λ:
-      // ẋ was 1e-2 off with a converged status), the split below finds the null-space part.
+      // When rounding swamps the solve (float, a rank-deficient A, a small λ: ẋ was 1e-2 off
+      // with a converged status), the split below finds the null-space part.
       const auto w =
           normal_solve("jvp: min-norm [A^T damp I] w = A^T c + w", a, rhs, lam, tol, out.solves);
-      if (w && !swamped(*w, m, lam, out.solves.back().report.anorm, f)) {
+      if (w && !tail_swamped(*w, m, lam, out.solves.back().report.anorm, f)) {
         out.x = w->tail(n) / lam;
         return out;
       }
@@ -625,6 +627,23 @@ class LeastSquares {
     constexpr Real eps = std::numeric_limits<Real>::epsilon();
     const Real allowed = std::max(solve_tolerance(f), std::sqrt(eps));
     return eps * knorm * (w.tail(w.size() - m).norm() / lam) > allowed * w.head(m).norm();
+  }
+
+  /// Whether rounding swamps y = w_tail/λ from (G12), all that jvp reads: the residual of
+  /// Kᴴw = g cannot fall below about ε‖K‖‖w‖, and (KᴴK)⁻¹ amplifies it by up to 1/λ² (along
+  /// N(A)), an error of up to ε‖K‖‖w‖/λ² in y. It trips where the head's test did not: a
+  /// float32 A of rank 12 up to rounding (20 × 20, singular values near 1e-7‖A‖), λ = 1e-2, a
+  /// tangent on λ alone, where ẋ differed by 4e-2 from the derivative that takes those singular
+  /// values as 0, which backward computes (λ̄ and ⟨x̄, ẋ⟩ disagreed). Unlike the test on the head, it
+  /// does not trip under strong damping (λ ≫ ‖A‖, ‖K‖ ≈ λ), where y is accurate but the head is not
+  /// (there jvp fell to the split, whose undamped solve needs about cond(A) iterations: a
+  /// SolveError at λ = 1e4‖A‖ in float32).
+  template <LinearOperator Op>
+  bool tail_swamped(const Vector<Scalar>& w, Index m, Real lam, Real knorm,
+                    const Forward<Op>& f) const {
+    constexpr Real eps = std::numeric_limits<Real>::epsilon();
+    const Real allowed = std::max(solve_tolerance(f), std::sqrt(eps));
+    return eps * knorm * (w.norm() / lam) > allowed * w.tail(w.size() - m).norm();
   }
 
   /// (G12): for λ > 0 the minimum-norm solution of the consistent system [Aᴴ λI] w = g is

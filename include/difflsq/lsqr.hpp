@@ -56,8 +56,10 @@ struct LsqrMethod {
       const Real alpha_k = alpha;
       gk.step(alpha, beta);
       // ‖Ā‖_F estimate √(‖Ā‖² + α² + β² + λ²) [PS82 §5.1], by hypot: no over- or underflow of
-      // the squares for ‖A‖ beyond 1e±154.
-      if (beta > 0) anorm = std::hypot(std::hypot(anorm, alpha_k), std::hypot(beta, p.damp));
+      // the squares for ‖A‖ beyond 1e±154. Also when β = 0: lsqr.py skips the update then, and
+      // reports ‖Ā‖ = 0 when the first step ends the bidiagonalization (a 1 × n A, a selection
+      // of rows), where ‖A‖ ≥ α₁ > 0; the layer reads this estimate (strong damping, G11).
+      anorm = std::hypot(std::hypot(anorm, alpha_k), std::hypot(beta, p.damp));
       if (!gk.finite) {
         rep.status = Status::NonFinite;  // x still holds the previous, finite iterate
         --itn;

@@ -956,3 +956,29 @@ def test_sparse_binding_reads_strided_arrays_by_value_and_refuses_malformed_ones
                  (3, 2, np.array([1, 1, 2, 3]), indices, values)):
         with pytest.raises(ValueError):
             layer.forward_sparse(*args, [b], 0.0)
+
+
+def test_lsqr_when_the_first_step_ends_the_bidiagonalization():
+    # A 1 × 5 A: β₂ = 0 after LSQR's first step; its ‖A‖ estimate stayed 0 (as in lsqr.py) and
+    # the layer took that for strong damping: ẋ and the gradients were O(1) off at λ = 1e-8.
+    # Reference: forward and reverse AD through x = Aᵀ(AAᵀ + λ²)⁻¹b.
+    gen = torch.Generator().manual_seed(5)
+    lam = 1e-8
+    for _ in range(8):
+        A, Ad = (torch.randn(1, 5, dtype=F64, generator=gen) for _ in range(2))
+        b = torch.randn(1, dtype=F64, generator=gen)
+
+        def closed(M):
+            G = M @ M.T + lam ** 2 * torch.eye(1, dtype=F64)
+            return M.T @ torch.linalg.solve(G, b[:, None])[:, 0]
+
+        with fwAD.dual_level():
+            x = dt.lstsq(fwAD.make_dual(A, Ad), b, lam, method="lsqr", atol=1e-12, btol=1e-12)
+            xdot = fwAD.unpack_dual(x).tangent
+            ref = fwAD.unpack_dual(closed(fwAD.make_dual(A, Ad))).tangent
+        torch.testing.assert_close(xdot, ref, rtol=1e-7, atol=0)
+        Ag = A.clone().requires_grad_()
+        dt.lstsq(Ag, b, lam, method="lsqr", atol=1e-12, btol=1e-12).sum().backward()
+        Ar = A.clone().requires_grad_()
+        closed(Ar).sum().backward()
+        torch.testing.assert_close(Ag.grad, Ar.grad, rtol=1e-7, atol=0)

@@ -540,7 +540,9 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
     return_info : bool
         Also return a dict: ``info["forward"]`` the reports of the forward solves (SciPy's
         istop, itn, r1norm, ...), after backward ``info["backward"]`` and after a forward-mode
-        product ``info["jvp"]`` the (role, istop, itn) of each of their solves.
+        product ``info["jvp"]`` the (role, istop, itn) of each of their solves (a (G12) solve
+        that stops by test 2, conlim or its iteration limit is set aside for the split and not
+        listed: docs/gradients.md).
 
     Forward-mode AD works for dense tensor A, b and damp, for the params of a callable and for
     the kernel of a Convolution1d (torch 1.13 has no forward-mode AD of sparse tensors; b's and
