@@ -1281,9 +1281,10 @@ TEST_CASE("layer: LSQR's ‖A‖ estimate after a first step that ends the bidia
 
 TEST_CASE("layer: float jvp under strong damping, and along λ for a rank-deficient A") {
   // λ ≫ ‖A‖: the (G12) solve's head is swamped by rounding but ẋ = its tail/λ is accurate; jvp
-  // used to drop it for the split, whose undamped solve needs cond(A) iterations (SolveError).
-  // And a regression check: an exactly rank-deficient A (duplicate columns), λ = 1e-2, tangent
-  // on λ only, where jvp now tests the (G12) solve's tail instead of its head.
+  // used to drop it for the split, whose undamped solve needs cond(A) iterations (SolveError),
+  // and so did backward, which now takes (G6).
+  // And a check that strong damping's exception leaves this alone: an exactly rank-deficient A
+  // (duplicate columns), λ = 1e-2, tangent on λ only.
   // References: central differences of dense solves in double of the same float data.
   std::mt19937_64 gen(31);
   std::normal_distribution<double> normal;
@@ -1305,6 +1306,7 @@ TEST_CASE("layer: float jvp under strong damping, and along λ for a rank-defici
       auto fwd = layer.forward(op, b, lam);
       const auto t = layer.jvp(fwd, {.theta = da.reshaped(), .damp = 1.0f});
       CHECK(t.converged());
+      CHECK(t.solves.size() == 1);  // the (G12) solve, kept
       const Vec ref = fd_direction<double>(strong.cast<double>(), b.cast<double>(), lam,
                                            da.cast<double>(), Vec::Zero(m), 1.0, 1e-2);
       CHECK(rel(t.x.cast<double>(), ref) < 1e-4);
@@ -1312,6 +1314,8 @@ TEST_CASE("layer: float jvp under strong damping, and along λ for a rank-defici
       const Vec db = gaussian(m, 1), xbar = gaussian(n, 1);
       const auto g = layer.backward(fwd, xbar.cast<float>());
       CHECK(g.converged());
+      CHECK(g.solves.size() <= 2);  // (G12), swamped or set aside; then (G6), not the split
+      CHECK(std::string(g.solves.back().role).find("min |A^T c - xbar|") != std::string::npos);
       const Vec dx = fd_direction<double>(strong.cast<double>(), b.cast<double>(), lam,
                                           da.cast<double>(), db, 1.0, 1e-2);
       const double pairing = g.theta.cast<double>().dot(da.cast<double>().reshaped()) +

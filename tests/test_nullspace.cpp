@@ -380,10 +380,16 @@ TEST_CASE("projections against brute force") {
   CHECK_THROWS_AS(project_simplex(Vec::Zero(3), -1.0), std::invalid_argument);
   CHECK_THROWS_AS(project_box(Vec::Zero(3), 1.0, 0.0), std::invalid_argument);
   CHECK_THROWS_AS(project_ball(Vec::Zero(3), -1.0), std::invalid_argument);
-  // Any real vector expression, its scalar deduced: a strided Map, a block, float, int bounds.
+  // Any real vector expression, its scalar deduced and evaluated once: a row, a strided Map, a
+  // block, a product, float, int bounds; a matrix is refused.
   const Eigen::MatrixXd M = Eigen::MatrixXd::Random(4, 5);
   const Vec row = M.row(2).transpose();
-  CHECK(project_simplex(M.row(2).transpose()) == project_simplex(row));
+  CHECK(project_simplex(M.row(2)) == project_simplex(row));
+  const Eigen::Map<const Vec, 0, Eigen::InnerStride<4>> strided(M.data() + 2, 5);  // = row 2
+  CHECK(project_ball(strided, 0.5) == project_ball(row, 0.5));
+  const Vec product = M * row;
+  CHECK(project_simplex(M * row, 2.0) == project_simplex(product, 2.0));
+  CHECK_THROWS_AS(project_box(M, 0, 1), std::invalid_argument);
   CHECK(project_box(M.col(1).head(3), 0, 1) == project_box(Vec(M.col(1).head(3)), 0.0, 1.0));
   const Eigen::VectorXf xf = row.cast<float>();
   const Eigen::VectorXf pf = project_ball(xf, 0.5);

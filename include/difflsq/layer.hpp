@@ -410,11 +410,15 @@ class LeastSquares {
       a.apply_adjoint(c, rhs);
       rhs -= (2 * lam * dlam) * f.x;
       if (moving) rhs += ad_r;
-      // When rounding swamps the solve (float, a rank-deficient A, a small λ: ẋ was 1e-2 off
-      // with a converged status), the split below finds the null-space part.
+      // As in backward: when rounding swamps the solve (float, a rank-deficient A, a small λ:
+      // ẋ was 1e-2 off with a converged status), the split below finds the null-space part.
+      // Not under strong damping (λ ≫ ‖A‖), where the test on w's head trips but ẋ = y, its
+      // tail over λ, is accurate (the residual's floor ε‖K‖‖w‖ ≤ ε‖K‖²‖y‖ is amplified by at
+      // most 1/λ², and ‖K‖²/λ² ≤ 1/√tol there): the split's undamped solve would need about
+      // cond(A) iterations (a SolveError at λ = 5e3‖A‖ in float32).
       const auto w =
           normal_solve("jvp: min-norm [A^T damp I] w = A^T c + w", a, rhs, lam, tol, out.solves);
-      if (w && !tail_swamped(*w, m, lam, out.solves.back().report.anorm, f)) {
+      if (w && (strongly_damped(f) || !swamped(*w, m, lam, out.solves.back().report.anorm, f))) {
         out.x = w->tail(n) / lam;
         return out;
       }
@@ -627,23 +631,6 @@ class LeastSquares {
     constexpr Real eps = std::numeric_limits<Real>::epsilon();
     const Real allowed = std::max(solve_tolerance(f), std::sqrt(eps));
     return eps * knorm * (w.tail(w.size() - m).norm() / lam) > allowed * w.head(m).norm();
-  }
-
-  /// Whether rounding swamps y = w_tail/λ from (G12), all that jvp reads: the residual of
-  /// Kᴴw = g cannot fall below about ε‖K‖‖w‖, and (KᴴK)⁻¹ amplifies it by up to 1/λ² (along
-  /// N(A)), an error of up to ε‖K‖‖w‖/λ² in y. It trips where the head's test did not: a
-  /// float32 A of rank 12 up to rounding (20 × 20, singular values near 1e-7‖A‖), λ = 1e-2, a
-  /// tangent on λ alone, where ẋ differed by 4e-2 from the derivative that takes those singular
-  /// values as 0, which backward computes (λ̄ and ⟨x̄, ẋ⟩ disagreed). Unlike the test on the head, it
-  /// does not trip under strong damping (λ ≫ ‖A‖, ‖K‖ ≈ λ), where y is accurate but the head is not
-  /// (there jvp fell to the split, whose undamped solve needs about cond(A) iterations: a
-  /// SolveError at λ = 1e4‖A‖ in float32).
-  template <LinearOperator Op>
-  bool tail_swamped(const Vector<Scalar>& w, Index m, Real lam, Real knorm,
-                    const Forward<Op>& f) const {
-    constexpr Real eps = std::numeric_limits<Real>::epsilon();
-    const Real allowed = std::max(solve_tolerance(f), std::sqrt(eps));
-    return eps * knorm * (w.norm() / lam) > allowed * w.tail(w.size() - m).norm();
   }
 
   /// (G12): for λ > 0 the minimum-norm solution of the consistent system [Aᴴ λI] w = g is

@@ -7,7 +7,8 @@
 //
 // Per iteration: one A·v, one Aᴴ·u, 2 norms, 3 vector updates of length n and 1 of length m.
 // Stopping rules and estimates (r1norm, r2norm, anorm, acond, arnorm, xnorm) follow [PS82 §5–6]
-// exactly as SciPy's lsqr.py does, so `status` equals SciPy's istop.
+// as SciPy's lsqr.py does, so `status` equals SciPy's istop, with the exceptions listed in
+// docs/solvers.md (scale invariance, the ε guards, ‖Ā‖ when β = 0).
 //
 // [PS82] C. C. Paige and M. A. Saunders, LSQR: An algorithm for sparse linear equations and
 //        sparse least squares, ACM TOMS 8(1), 43–71, 1982.

@@ -483,6 +483,9 @@ def test_callable_dtype_with_integer_b_and_errors_inside_the_callable():
         with mode(), pytest.raises(RuntimeError) as err:
             dt.lstsq(lambda v: A @ v, b.float(), 0.1, shape=(5, 3))
         assert any("v of dtype torch.float32" in note for note in err.value.__notes__)
+    with pytest.raises(TypeError, match="b must be float32, float64, complex64 or complex128, "
+                                        "got torch.float16"):
+        dt.lstsq(lambda v: A @ v, b.half(), 0.1, shape=(5, 3))
 
 
 def test_bad_input_and_unsupported_device():

@@ -341,8 +341,10 @@ def _first_call(op, v, params):
     try:
         return op(v, *params)
     except Exception as e:
-        e.add_note(f"difflsq.torch: raised by A(v, *params) with v of dtype {v.dtype}, the "
-                   f"solve's dtype: b's, or for an integer b that of the first floating params")
+        if hasattr(e, "add_note"):  # Python 3.11 (Debian 12's)
+            e.add_note(f"difflsq.torch: raised by A(v, *params) with v of dtype {v.dtype}, the "
+                       f"solve's dtype: b's, or for an integer b that of the first floating "
+                       f"params")
         raise
 
 
@@ -600,7 +602,7 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
         m, n = (int(s) for s in shape)
         op = A
         dtype = None
-        source = "b"  # not used: the solve takes b's dtype
+        source = "the params"  # for an integer b; else the solve takes b's dtype
     else:
         raise TypeError(f"difflsq.torch: A must be a tensor or a callable, got {type(A).__name__}")
     if not torch.is_tensor(b):
@@ -608,6 +610,8 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
     _check_device("b", b)
     params = tuple(params)
     if dtype is None:  # a callable: b's dtype, for an integer b the first floating param's
+        if b.dtype not in _SUFFIX and (b.is_floating_point() or b.is_complex()):
+            raise TypeError(f"difflsq.torch: b must be {_DTYPES}, got {b.dtype}")
         floating = [p.dtype for p in params if torch.is_tensor(p) and p.dtype in _SUFFIX]
         dtype = b.dtype if b.dtype in _SUFFIX else (floating + [torch.get_default_dtype()])[0]
     if b.dtype != dtype:
