@@ -633,7 +633,6 @@ def lstsq(A, b, damp=0.0, *, params=(), shape=None, method="lsmr", atol=1e-6, bt
         damp_t = torch.tensor(float(damp), dtype=_real(dtype))
     if not math.isfinite(float(damp_t)) or float(damp_t) < 0:
         raise ValueError(f"difflsq.torch: damp must be finite and >= 0, got {float(damp_t)}")
-    params = tuple(params)
     for i, p in enumerate(params):
         _check_device(f"params[{i}]", p)
     if op is None and params:
